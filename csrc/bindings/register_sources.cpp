@@ -1,0 +1,98 @@
+// Sources and their channels.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "greenml/model_source.hpp"
+#include "greenml/nvml_source.hpp"
+#include "greenml/rapl_source.hpp"
+#include "greenml/source.hpp"
+
+namespace py = pybind11;
+using namespace greenml;
+
+namespace {
+const char* kind_name(ChannelKind k) { return k == ChannelKind::counter ? "counter" : "power"; }
+}  // namespace
+
+void register_sources(py::module_& m) {
+  py::class_<ChannelInfo>(m, "ChannelInfo", "One readable channel of a source.")
+      .def_readonly("domain", &ChannelInfo::domain, "Domain key, e.g. 'package:0' or 'gpu:1'.")
+      .def_readonly("source", &ChannelInfo::source, "'rapl' or 'nvml'.")
+      .def_readonly("measured", &ChannelInfo::measured, "False for modelled domains.")
+      .def_readonly("in_total", &ChannelInfo::in_total,
+                    "False for zones contained in another (core, uncore, psys).")
+      .def_property_readonly("kind", [](const ChannelInfo& c) { return kind_name(c.kind); },
+                             "'counter' (cumulative energy) or 'power' (instantaneous power).")
+      .def_readonly("unit", &ChannelInfo::unit, "Raw unit: 'uj', 'mj' or 'mw'.")
+      .def_readonly("to_si", &ChannelInfo::to_si, "Factor from the raw unit to J or W.")
+      .def_readonly("range_raw", &ChannelInfo::range_raw,
+                    "Counter range in raw units (wraps modulo it); 0 = never wraps.")
+      .def_readonly("detail", &ChannelInfo::detail, "Zone path or device name and UUID.")
+      .def("__repr__", [](const ChannelInfo& c) {
+        return "ChannelInfo(domain='" + c.domain + "', source='" + c.source + "', kind='" +
+               kind_name(c.kind) + "', unit='" + c.unit + "')";
+      });
+
+  py::class_<DomainStatus>(m, "DomainStatus", "Whether a domain can be measured here, and why not.")
+      .def_readonly("domain", &DomainStatus::domain)
+      .def_readonly("source", &DomainStatus::source)
+      .def_readonly("measured", &DomainStatus::measured)
+      .def_readonly("available", &DomainStatus::available)
+      .def_readonly("reason", &DomainStatus::reason)
+      .def("__repr__", [](const DomainStatus& s) {
+        return "DomainStatus(domain='" + s.domain + "', source='" + s.source +
+               "', available=" + (s.available ? "True" : "False") + ")";
+      });
+
+  py::class_<Source, std::shared_ptr<Source>>(m, "Source", "A hardware reader.")
+      .def_property_readonly("name", &Source::name)
+      .def("channels", &Source::channels, "The readable channels, in column order.")
+      .def("status", &Source::status, "One record per domain this source knows, readable or not.")
+      .def_property_readonly("max_safe_period_ns", &Source::max_safe_period_ns,
+                             "Longest sampling period that cannot miss a counter wrap.")
+      .def(
+          "read",
+          [](Source& s) {
+            const std::size_t n = s.channels().size();
+            std::vector<std::uint64_t> raw(n, 0);
+            std::unique_ptr<bool[]> ok(new bool[n == 0 ? 1 : n]());
+            {
+              py::gil_scoped_release release;
+              s.read(raw.data(), ok.get());
+            }
+            std::vector<bool> okv(ok.get(), ok.get() + n);
+            return py::make_tuple(raw, okv);
+          },
+          "One raw read of every channel: (values in raw units, ok flags). For diagnostics; "
+          "measurements go through a Sampler.");
+
+  py::class_<RaplSource, Source, std::shared_ptr<RaplSource>>(m, "RaplSource",
+                                                             "RAPL counters from a powercap tree.")
+      .def(py::init([](const std::string& root) {
+             py::gil_scoped_release release;
+             return std::make_shared<RaplSource>(root);
+           }),
+           py::arg("root"));
+
+  py::class_<NvmlSource, Source, std::shared_ptr<NvmlSource>>(
+      m, "NvmlSource", "NVIDIA GPUs through NVML, loaded with dlopen.")
+      .def(py::init([](const std::string& library, std::optional<std::string> visible) {
+             py::gil_scoped_release release;
+             return std::make_shared<NvmlSource>(library, visible);
+           }),
+           py::arg("library"), py::arg("cuda_visible_devices") = py::none());
+
+  py::class_<ModelSource, Source, std::shared_ptr<ModelSource>>(
+      m, "ModelSource",
+      "The estimated CPU domain: busy jiffies from /proc/stat times joules per busy jiffy.")
+      .def(py::init([](const std::string& stat_path, double joules_per_busy_jiffy,
+                       const std::string& detail) {
+             py::gil_scoped_release release;
+             return std::make_shared<ModelSource>(stat_path, joules_per_busy_jiffy, detail);
+           }),
+           py::arg("stat_path"), py::arg("joules_per_busy_jiffy"), py::arg("detail") = "");
+}

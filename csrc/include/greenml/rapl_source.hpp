@@ -1,0 +1,34 @@
+// Intel/AMD RAPL energy counters through the Linux powercap sysfs tree.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "greenml/source.hpp"
+#include "greenml/sysfs.hpp"
+
+namespace greenml {
+
+class RaplSource final : public Source {
+ public:
+  // root: the powercap directory (normally /sys/class/powercap). Never
+  // throws: a missing tree or unreadable counter becomes a reason.
+  explicit RaplSource(const std::string& root);
+
+  [[nodiscard]] const std::vector<ChannelInfo>& channels() const override { return channels_; }
+  [[nodiscard]] std::vector<DomainStatus> status() const override { return status_; }
+  void read(std::uint64_t* raw, bool* ok) noexcept override;
+  [[nodiscard]] std::string name() const override { return "rapl"; }
+
+  [[nodiscard]] std::int64_t max_safe_period_ns() const noexcept override {
+    return max_safe_period_ns_;
+  }
+
+ private:
+  std::vector<ChannelInfo> channels_;
+  std::vector<DomainStatus> status_;
+  std::vector<OpenCounterFile> files_;
+  std::int64_t max_safe_period_ns_ = INT64_MAX;
+};
+
+}  // namespace greenml

@@ -1,0 +1,54 @@
+// Channels and sources: the vocabulary shared by every hardware reader.
+#pragma once
+
+#include <cstdint>
+#include <climits>
+#include <string>
+#include <vector>
+
+namespace greenml {
+
+// A counter channel reports a cumulative energy that may wrap at `range_raw`;
+// a power channel reports instantaneous power that the reader integrates.
+enum class ChannelKind { counter, power };
+
+struct ChannelInfo {
+  std::string domain;        // contract key, e.g. "package:0", "gpu:1"
+  std::string source;        // "rapl" or "nvml"
+  bool measured = true;      // false for modelled domains
+  bool in_total = true;      // false for zones contained in another (core, uncore, psys)
+  ChannelKind kind = ChannelKind::counter;
+  std::string unit;          // raw unit: "uj", "mj" (counters) or "mw" (power)
+  double to_si = 1.0;        // raw -> joules (counters) or watts (power)
+  std::uint64_t range_raw = 0;  // counter wraps modulo this; 0 = never wraps
+  std::string detail;        // zone path or device name/UUID, for humans
+};
+
+// One record per domain the source knows about, readable or not.
+struct DomainStatus {
+  std::string domain;
+  std::string source;
+  bool measured = true;
+  bool available = false;
+  std::string reason;  // why not available, and how to fix it; empty when available
+};
+
+// A hardware reader. read() is called by the sampler thread and by read_now()
+// under the sampler's lock, so implementations need not be reentrant.
+class Source {
+ public:
+  virtual ~Source() = default;
+  [[nodiscard]] virtual const std::vector<ChannelInfo>& channels() const = 0;
+  [[nodiscard]] virtual std::vector<DomainStatus> status() const = 0;
+  // Fills raw[i] for each channel i; ok[i] = false when that read failed
+  // (raw[i] is then left unchanged). Never throws.
+  virtual void read(std::uint64_t* raw, bool* ok) noexcept = 0;
+  // Short name for diagnostics ("rapl", "nvml").
+  [[nodiscard]] virtual std::string name() const = 0;
+  // Longest sampling period (ns) that cannot miss a counter wrap; the
+  // sampler warns when configured slower and keeps reading at least this
+  // often while paused.
+  [[nodiscard]] virtual std::int64_t max_safe_period_ns() const noexcept { return INT64_MAX; }
+};
+
+}  // namespace greenml

@@ -1,0 +1,87 @@
+"""Settings from the environment (the contract in DESIGN.md), validated once.
+
+Every invalid value fails with a :class:`ConfigError` that names the variable,
+the value, and what would be valid.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Mapping, Optional
+
+from ._errors import ConfigError
+
+KNOWN_SOURCES = ("nvml", "rapl", "model")
+
+DEFAULT_POWERCAP_ROOT = "/sys/class/powercap"
+DEFAULT_NVML_LIBRARY = "libnvidia-ml.so.1"
+DEFAULT_INTERVAL_MS = 10.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    powercap_root: str = DEFAULT_POWERCAP_ROOT
+    nvml_library: str = DEFAULT_NVML_LIBRARY
+    interval_ms: float = DEFAULT_INTERVAL_MS
+    sources: frozenset = frozenset(KNOWN_SOURCES)
+    cuda_visible_devices: Optional[str] = None
+    # Not environment variables: injection points for tests and embedders.
+    proc_stat_path: str = "/proc/stat"
+    cpuinfo_path: str = "/proc/cpuinfo"
+    env: Optional[Mapping[str, str]] = None  # where GREENML_CPU_TDP_W etc. were read from
+
+    @property
+    def interval_ns(self) -> int:
+        return max(1, int(round(self.interval_ms * 1e6)))
+
+
+def parse_interval_ms(value: str, name: str = "GREENML_INTERVAL_MS") -> float:
+    """A sampling period in milliseconds: a finite float in (0, 60000]."""
+    try:
+        ms = float(value)
+    except ValueError:
+        raise ConfigError(
+            f"{name}={value!r} is not a number; give the sampling period in milliseconds, "
+            "e.g. 10 (100 Hz) or 1 (1 kHz)"
+        ) from None
+    if not math.isfinite(ms) or ms <= 0 or ms > 60_000:
+        raise ConfigError(
+            f"{name}={value!r} is out of range; give a period in milliseconds between "
+            "0.05 and 60000, e.g. 10"
+        )
+    if ms < 0.05:
+        raise ConfigError(
+            f"{name}={value!r} asks for more than 20 kHz, which no energy counter updates at; "
+            "use 1 (1 kHz) or more"
+        )
+    return ms
+
+
+def parse_sources(value: str, name: str = "GREENML_SOURCES") -> frozenset:
+    names = [part.strip().lower() for part in value.split(",") if part.strip()]
+    unknown = [n for n in names if n not in KNOWN_SOURCES]
+    if unknown or not names:
+        raise ConfigError(
+            f"{name}={value!r} names unknown sources {unknown or '(none given)'}; "
+            f"use a comma list of {', '.join(KNOWN_SOURCES)}, e.g. 'nvml,rapl'"
+        )
+    return frozenset(names)
+
+
+def settings_from_env(env: Optional[Mapping[str, str]] = None) -> Settings:
+    """Reads the GREENML_* variables (and CUDA_VISIBLE_DEVICES) from ``env``."""
+    env = os.environ if env is None else env
+    kwargs: dict = {}
+    if env.get("GREENML_POWERCAP_ROOT"):
+        kwargs["powercap_root"] = env["GREENML_POWERCAP_ROOT"]
+    if env.get("GREENML_NVML_LIBRARY"):
+        kwargs["nvml_library"] = env["GREENML_NVML_LIBRARY"]
+    if env.get("GREENML_INTERVAL_MS") is not None:
+        kwargs["interval_ms"] = parse_interval_ms(env["GREENML_INTERVAL_MS"])
+    if env.get("GREENML_SOURCES") is not None:
+        kwargs["sources"] = parse_sources(env["GREENML_SOURCES"])
+    if "CUDA_VISIBLE_DEVICES" in env:
+        kwargs["cuda_visible_devices"] = env["CUDA_VISIBLE_DEVICES"]
+    return Settings(env=dict(env), **kwargs)

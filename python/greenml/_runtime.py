@@ -1,0 +1,137 @@
+"""The process-wide sampler: built from the environment on first use, shared
+by every meter, stopped at interpreter exit and restarted in a forked child.
+
+Tests and embedders build their own :class:`Runtime` from explicit
+:class:`Settings` and pass it to meters; nothing here needs patching.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import threading
+import warnings
+from dataclasses import dataclass
+from typing import List, Optional, Tuple
+
+from . import _core, _cpu_model
+from ._config import Settings, settings_from_env
+
+
+@dataclass(frozen=True)
+class Sensor:
+    """What one domain is: where it comes from and whether it can be read here."""
+
+    domain: str
+    source: str
+    measured: bool
+    available: bool
+    reason: str
+
+
+def build_sources(settings: Settings) -> Tuple[List["_core.Source"], List[Sensor]]:
+    """The sources the settings allow (GPUs first), and sensors that have no source.
+
+    The ``cpu:estimated`` model is added only when no RAPL package counter is
+    readable: a model never stands in beside a measurement of the same thing.
+    """
+    sources: List[_core.Source] = []
+    extra: List[Sensor] = []
+    if "nvml" in settings.sources:
+        sources.append(_core.NvmlSource(settings.nvml_library, settings.cuda_visible_devices))
+    package_measured = False
+    if "rapl" in settings.sources:
+        rapl = _core.RaplSource(settings.powercap_root)
+        sources.append(rapl)
+        package_measured = any(c.domain.startswith("package:") for c in rapl.channels())
+    if "model" in settings.sources and not package_measured:
+        model, reason = _cpu_model.estimate_available(
+            env=settings.env, cpuinfo_path=settings.cpuinfo_path, stat_path=settings.proc_stat_path
+        )
+        if model is None:
+            extra.append(Sensor("cpu:estimated", "model", False, False, reason))
+        else:
+            ticks = os.sysconf("SC_CLK_TCK")
+            cpus = os.cpu_count() or 1
+            # busy jiffies summed over all CPUs / (cpus x ticks/s) = utilisation x seconds
+            joules_per_jiffy = model.max_power_w / (cpus * ticks)
+            detail = f"{model.max_power_w:g} W x machine utilisation ({reason})"
+            sources.append(_core.ModelSource(settings.proc_stat_path, joules_per_jiffy, detail))
+    return sources, extra
+
+
+def sensors_of(sources: List["_core.Source"], extra: List[Sensor]) -> List[Sensor]:
+    found = [
+        Sensor(s.domain, s.source, s.measured, s.available, s.reason)
+        for src in sources
+        for s in src.status()
+    ]
+    return found + extra
+
+
+class Runtime:
+    """One sampler over the sources chosen by ``settings``."""
+
+    def __init__(self, settings: Optional[Settings] = None, capacity: int = 1 << 16) -> None:
+        self.settings = settings if settings is not None else settings_from_env()
+        self.sources, self.extra_sensors = build_sources(self.settings)
+        self.sampler = _core.Sampler(self.sources, self.settings.interval_ns, capacity)
+        self.channels = list(self.sampler.channels())
+        self._lock = threading.Lock()
+        self._started = False
+        self._pid = os.getpid()
+
+    def ensure_started(self) -> "_core.Sampler":
+        """Starts the sampler thread once (again after a fork, in the child)."""
+        if self._started and self._pid == os.getpid():
+            return self.sampler
+        with self._lock:
+            if not self._started or self._pid != os.getpid():
+                for message in self.sampler.warnings():
+                    warnings.warn(message, RuntimeWarning, stacklevel=3)
+                self.sampler.start()
+                self._started = True
+                self._pid = os.getpid()
+        return self.sampler
+
+    def stop(self) -> None:
+        with self._lock:
+            self.sampler.stop()
+            self._started = False
+
+    def sensors(self) -> List[Sensor]:
+        return sensors_of(self.sources, self.extra_sensors)
+
+
+_default: Optional[Runtime] = None
+_default_lock = threading.Lock()
+
+
+def default_runtime() -> Runtime:
+    """The process-wide runtime, created from the environment on first use."""
+    global _default
+    rt = _default
+    if rt is None:
+        with _default_lock:
+            if _default is None:
+                _default = Runtime()
+            rt = _default
+    return rt
+
+
+def reset_default_runtime() -> None:
+    """Stops the process-wide sampler; the next use rebuilds it from the environment."""
+    global _default
+    with _default_lock:
+        if _default is not None:
+            _default.stop()
+        _default = None
+
+
+def _stop_at_exit() -> None:
+    rt = _default
+    if rt is not None:
+        rt.sampler.stop()
+
+
+atexit.register(_stop_at_exit)

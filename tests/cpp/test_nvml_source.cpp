@@ -1,0 +1,572 @@
+// NvmlSource against the scripted fake libnvidia-ml (tests/fakes/fake_nvml.c).
+#include <dlfcn.h>
+#include <stdlib.h>
+
+#include <cstdint>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <optional>
+#include <string>
+#include <thread>
+#include <atomic>
+#include <vector>
+
+#include <doctest.h>
+
+#include "greenml/nvml_source.hpp"
+
+#ifndef GREENML_FAKE_NVML_PATH
+#error "GREENML_FAKE_NVML_PATH must name the fake libnvidia-ml.so.1 built from tests/fakes/fake_nvml.c"
+#endif
+
+namespace fs = std::filesystem;
+using greenml::ChannelKind;
+using greenml::DomainStatus;
+using greenml::NvmlSource;
+
+namespace {
+
+const std::string kLib = GREENML_FAKE_NVML_PATH;
+const std::string kUuid0 = "GPU-aaaaaaaa-1111-4111-8111-111111111111";
+const std::string kUuid1 = "GPU-aabbbbbb-2222-4222-8222-222222222222";
+const std::string kUuid2 = "GPU-cccccccc-3333-4333-8333-333333333333";
+
+bool contains(const std::string& haystack, const std::string& needle) {
+  return haystack.find(needle) != std::string::npos;
+}
+
+// A scripted fake: a fresh directory named by FAKE_NVML_DIR for one test.
+class FakeNvml {
+ public:
+  FakeNvml() {
+    std::string tmpl = (fs::temp_directory_path() / "greenml-fake-nvml-XXXXXX").string();
+    dir_ = ::mkdtemp(tmpl.data());
+    ::setenv("FAKE_NVML_DIR", dir_.c_str(), 1);
+    write("count", "0");
+  }
+  ~FakeNvml() {
+    ::unsetenv("FAKE_NVML_DIR");
+    std::error_code ec;
+    fs::remove_all(dir_, ec);
+  }
+  FakeNvml(const FakeNvml&) = delete;
+  FakeNvml& operator=(const FakeNvml&) = delete;
+
+  // Written to a temporary then renamed, so the fake never reads half a file.
+  void write(const std::string& rel, const std::string& text) {
+    const fs::path path = dir_ / rel;
+    fs::create_directories(path.parent_path());
+    const fs::path tmp = path.string() + ".tmp";
+    { std::ofstream(tmp) << text << "\n"; }
+    fs::rename(tmp, path);
+  }
+  void remove(const std::string& rel) { fs::remove(dir_ / rel); }
+  void set(int device, const std::string& file, const std::string& text) {
+    write(std::to_string(device) + "/" + file, text);
+  }
+
+  // energy_mj < 0 or power_mw < 0: that reading is not supported.
+  int add_device(const std::string& uuid, const std::string& name, long long energy_mj,
+                 long long power_mw) {
+    const int i = count_++;
+    set(i, "uuid", uuid);
+    set(i, "name", name);
+    if (energy_mj >= 0) set(i, "energy_mj", std::to_string(energy_mj));
+    if (power_mw >= 0) set(i, "power_mw", std::to_string(power_mw));
+    write("count", std::to_string(count_));
+    return i;
+  }
+
+  // The standard three-GPU machine used by the visibility tests.
+  void three_gpus() {
+    add_device(kUuid0, "NVIDIA A100-SXM4-40GB", 1000, 50000);
+    add_device(kUuid1, "NVIDIA A100-SXM4-40GB", 2000, 60000);
+    add_device(kUuid2, "NVIDIA A100-SXM4-40GB", 3000, 70000);
+  }
+
+ private:
+  fs::path dir_;
+  int count_ = 0;
+};
+
+struct Reading {
+  std::vector<std::uint64_t> raw;
+  std::vector<char> ok;  // copied from a bool array: vector<bool> has no data()
+};
+
+Reading read_all(NvmlSource& src) {
+  const std::size_t n = src.channels().size();
+  Reading r;
+  r.raw.assign(n, 0xdeadbeefULL);
+  r.ok.assign(n, 0);
+  bool ok_buf[64] = {};
+  REQUIRE(n <= 64);
+  src.read(r.raw.data(), ok_buf);
+  for (std::size_t i = 0; i < n; ++i) r.ok[i] = ok_buf[i] ? 1 : 0;
+  return r;
+}
+
+const DomainStatus* find_status(const std::vector<DomainStatus>& all, const std::string& domain) {
+  for (const auto& s : all)
+    if (s.domain == domain) return &s;
+  return nullptr;
+}
+
+// The fake's init count (nvmlInit minus nvmlShutdown) through its test hook.
+// Holding our own handle keeps the library, and so its counter, loaded.
+class InitCounter {
+ public:
+  explicit InitCounter(const std::string& lib) : handle_(::dlopen(lib.c_str(), RTLD_NOW | RTLD_LOCAL)) {
+    REQUIRE(handle_ != nullptr);
+    fn_ = reinterpret_cast<int (*)()>(::dlsym(handle_, "fake_nvml_init_count"));
+    REQUIRE((fn_ != nullptr));
+  }
+  ~InitCounter() { ::dlclose(handle_); }
+  InitCounter(const InitCounter&) = delete;
+  InitCounter& operator=(const InitCounter&) = delete;
+  int operator()() const { return fn_(); }
+
+ private:
+  void* handle_;
+  int (*fn_)() = nullptr;
+};
+
+// Builds a variant of the fake with extra -D flags; empty when no C compiler.
+std::string build_variant(const std::string& defines, const std::string& tag) {
+#ifdef GREENML_FAKE_NVML_SOURCE
+  const fs::path source = GREENML_FAKE_NVML_SOURCE;
+#else
+  const fs::path source = fs::path(__FILE__).parent_path().parent_path() / "fakes" / "fake_nvml.c";
+#endif
+  if (!fs::exists(source)) return {};
+  std::string tmpl = (fs::temp_directory_path() / ("greenml-fake-nvml-" + tag + "-XXXXXX")).string();
+  if (::mkdtemp(tmpl.data()) == nullptr) return {};
+  const std::string out = tmpl + "/libnvidia-ml.so.1";
+  const std::string cmd = "cc -shared -fPIC -O2 " + defines + " '" + source.string() + "' -o '" +
+                          out + "' -lm > /dev/null 2>&1";
+  if (std::system(cmd.c_str()) != 0) return {};
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("nvml: a library that cannot be loaded is one unavailable gpu record") {
+  NvmlSource src("/nonexistent/greenml/libnvidia-ml.so.1", std::nullopt);
+  CHECK(src.channels().empty());
+  CHECK(src.name() == "nvml");
+  const auto st = src.status();
+  REQUIRE(st.size() == 1);
+  CHECK(st[0].domain == "gpu");
+  CHECK(st[0].source == "nvml");
+  CHECK_FALSE(st[0].available);
+  CHECK(contains(st[0].reason, "no NVIDIA driver found"));
+  CHECK(contains(st[0].reason, "could not load /nonexistent/greenml/libnvidia-ml.so.1 ("));
+  CHECK(contains(st[0].reason, "GREENML_NVML_LIBRARY"));
+  // read() on zero channels is a no-op, not a crash.
+  src.read(nullptr, nullptr);
+}
+
+TEST_CASE("nvml: nvmlInit failing is one unavailable gpu record with the error") {
+  FakeNvml fake;
+  fake.add_device(kUuid0, "NVIDIA H100", 5, 5);
+  fake.write("init_error", "9");
+  InitCounter inits(kLib);
+  NvmlSource src(kLib, std::nullopt);
+  CHECK(src.channels().empty());
+  const auto st = src.status();
+  REQUIRE(st.size() == 1);
+  CHECK(st[0].domain == "gpu");
+  CHECK_FALSE(st[0].available);
+  CHECK(contains(st[0].reason, "NVML failed to initialise"));
+  CHECK(contains(st[0].reason, "NVML_ERROR_DRIVER_NOT_LOADED"));
+  CHECK(contains(st[0].reason, "modprobe nvidia"));
+  CHECK(inits() == 0);
+}
+
+TEST_CASE("nvml: zero devices is one gpu record saying none is visible") {
+  FakeNvml fake;
+  NvmlSource src(kLib, std::nullopt);
+  CHECK(src.channels().empty());
+  const auto st = src.status();
+  REQUIRE(st.size() == 1);
+  CHECK(st[0].domain == "gpu");
+  CHECK_FALSE(st[0].available);
+  CHECK(contains(st[0].reason, "no NVIDIA GPU visible"));
+  CHECK_FALSE(contains(st[0].reason, "CUDA_VISIBLE_DEVICES"));
+}
+
+TEST_CASE("nvml: two devices with energy counters read exactly the written millijoules") {
+  FakeNvml fake;
+  fake.add_device(kUuid0, "NVIDIA H100 80GB HBM3", 123456789012LL, 300000);
+  fake.add_device(kUuid1, "NVIDIA A100-SXM4-40GB", 7, 90000);
+  InitCounter inits(kLib);
+  {
+    NvmlSource src(kLib, std::nullopt);
+    CHECK(inits() == 1);  // NVML stays initialised while the source lives
+    const auto& ch = src.channels();
+    REQUIRE(ch.size() == 2);
+    CHECK(ch[0].domain == "gpu:0");
+    CHECK(ch[1].domain == "gpu:1");
+    for (const auto& c : ch) {
+      CHECK(c.source == "nvml");
+      CHECK(c.measured);
+      CHECK(c.in_total);
+      CHECK(c.kind == ChannelKind::counter);
+      CHECK(c.unit == "mj");
+      CHECK(c.to_si == doctest::Approx(1e-3));
+      CHECK(c.range_raw == 0);
+    }
+    CHECK(ch[0].detail == "NVIDIA H100 80GB HBM3 " + kUuid0);
+    CHECK(ch[1].detail == "NVIDIA A100-SXM4-40GB " + kUuid1);
+
+    auto r = read_all(src);
+    CHECK(r.ok[0]);
+    CHECK(r.ok[1]);
+    CHECK(r.raw[0] == 123456789012ULL);
+    CHECK(r.raw[1] == 7ULL);
+
+    // Nothing is cached: a new counter value is read on the next call.
+    fake.set(1, "energy_mj", "7000");
+    r = read_all(src);
+    CHECK(r.raw[1] == 7000ULL);
+
+    const auto st = src.status();
+    REQUIRE(st.size() == 2);
+    for (const auto& s : st) {
+      CHECK(s.available);
+      CHECK(s.reason.empty());
+      CHECK(s.source == "nvml");
+    }
+  }
+  CHECK(inits() == 0);  // nvmlShutdown in the destructor
+}
+
+TEST_CASE("nvml: a device without the energy counter falls back to power in mW") {
+  FakeNvml fake;
+  fake.add_device(kUuid0, "Tesla T4", 100, 70000);
+  fake.add_device(kUuid1, "Tesla P100", 100, 123456);
+  fake.set(1, "energy_error", "3");  // NOT_SUPPORTED, like pre-Volta GPUs
+  NvmlSource src(kLib, std::nullopt);
+  const auto& ch = src.channels();
+  REQUIRE(ch.size() == 2);
+  CHECK(ch[0].kind == ChannelKind::counter);
+  CHECK(ch[1].kind == ChannelKind::power);
+  CHECK(ch[1].unit == "mw");
+  CHECK(ch[1].to_si == doctest::Approx(1e-3));
+  CHECK(ch[1].domain == "gpu:1");
+  const auto r = read_all(src);
+  CHECK(r.ok[1]);
+  CHECK(r.raw[1] == 123456ULL);
+  CHECK(r.raw[0] == 100ULL);
+}
+
+TEST_CASE("nvml: a device with neither energy nor power is a reason, others keep working") {
+  FakeNvml fake;
+  fake.add_device(kUuid0, "GeForce GT 710", -1, -1);
+  fake.add_device(kUuid1, "NVIDIA A100", 42, 1);
+  NvmlSource src(kLib, std::nullopt);
+  const auto& ch = src.channels();
+  REQUIRE(ch.size() == 1);
+  CHECK(ch[0].domain == "gpu:1");
+  const auto r = read_all(src);
+  CHECK(r.ok[0]);
+  CHECK(r.raw[0] == 42ULL);
+  const auto st = src.status();
+  REQUIRE(st.size() == 2);
+  CHECK(st[0].domain == "gpu:0");
+  CHECK_FALSE(st[0].available);
+  CHECK(contains(st[0].reason, "GeForce GT 710"));
+  CHECK(contains(st[0].reason, "NVML_ERROR_NOT_SUPPORTED"));
+  CHECK(contains(st[0].reason, "cannot be measured"));
+  CHECK(st[1].available);
+}
+
+TEST_CASE("nvml: a device NVML cannot open is a reason on that device only") {
+  FakeNvml fake;
+  fake.add_device(kUuid0, "NVIDIA A100", 1, 1);
+  fake.add_device(kUuid1, "NVIDIA A100", 2, 2);
+  fake.set(0, "handle_error", "4");  // NO_PERMISSION
+  NvmlSource src(kLib, std::nullopt);
+  REQUIRE(src.channels().size() == 1);
+  CHECK(src.channels()[0].domain == "gpu:1");
+  const auto st = src.status();
+  REQUIRE(st.size() == 2);
+  CHECK_FALSE(st[0].available);
+  CHECK(contains(st[0].reason, "NVML_ERROR_NO_PERMISSION"));
+  CHECK(contains(st[0].reason, "/dev/nvidia"));
+  CHECK(st[1].available);
+  const auto r = read_all(src);
+  CHECK(r.raw[0] == 2ULL);
+}
+
+TEST_CASE("nvml: GPU lost mid-run fails that device only and status says so") {
+  FakeNvml fake;
+  fake.add_device(kUuid0, "NVIDIA H100", 1000, 1);
+  fake.add_device(kUuid1, "NVIDIA H100", 2000, 1);
+  NvmlSource src(kLib, std::nullopt);
+  REQUIRE(src.channels().size() == 2);
+  auto r = read_all(src);
+  CHECK(r.ok[0]);
+  CHECK(r.ok[1]);
+
+  fake.set(1, "energy_error", "15");  // GPU_IS_LOST
+  fake.set(0, "energy_mj", "1500");
+  r = read_all(src);
+  CHECK(r.ok[0]);
+  CHECK(r.raw[0] == 1500ULL);
+  CHECK_FALSE(r.ok[1]);
+  CHECK(r.raw[1] == 0xdeadbeefULL);  // left unchanged on failure
+
+  auto st = src.status();
+  REQUIRE(st.size() == 2);
+  CHECK(st[0].available);
+  CHECK(st[1].domain == "gpu:1");
+  CHECK_FALSE(st[1].available);
+  CHECK(contains(st[1].reason, "GPU is lost (NVML_ERROR_GPU_IS_LOST) since "));
+  CHECK(contains(st[1].reason, " UTC ("));
+  CHECK(contains(st[1].reason, "nvidia-smi"));
+
+  // A second failure keeps reporting the first one's time.
+  const std::string first = st[1].reason;
+  r = read_all(src);
+  CHECK_FALSE(r.ok[1]);
+  CHECK(contains(src.status()[1].reason, first.substr(0, first.find(" UTC"))));
+
+  // Recovery clears the reason.
+  fake.remove("1/energy_error");
+  r = read_all(src);
+  CHECK(r.ok[1]);
+  CHECK(r.raw[1] == 2000ULL);
+  st = src.status();
+  CHECK(st[1].available);
+  CHECK(st[1].reason.empty());
+}
+
+TEST_CASE("nvml: status() from another thread while read() runs is race-free") {
+  FakeNvml fake;
+  fake.add_device(kUuid0, "NVIDIA H100", 1, 1);
+  fake.add_device(kUuid1, "NVIDIA H100", 2, 2);
+  NvmlSource src(kLib, std::nullopt);
+  REQUIRE(src.channels().size() == 2);
+  std::atomic<bool> stop{false};
+  std::atomic<int> lost_seen{0};
+  std::thread watcher([&] {
+    while (!stop.load()) {
+      for (const auto& s : src.status())
+        if (!s.available && contains(s.reason, "GPU_IS_LOST")) lost_seen.fetch_add(1);
+    }
+  });
+  for (int i = 0; i < 200; ++i) {
+    if (i == 50) fake.set(0, "energy_error", "15");
+    if (i == 150) fake.remove("0/energy_error");
+    const auto r = read_all(src);
+    CHECK(r.ok[1]);
+    CHECK(static_cast<bool>(r.ok[0]) == (i < 50 || i >= 150));
+  }
+  stop.store(true);
+  watcher.join();
+  CHECK(src.status()[0].available);
+}
+
+TEST_CASE("nvml: a power channel that starts failing reports its NVML error") {
+  FakeNvml fake;
+  fake.add_device(kUuid0, "Tesla P100", -1, 250000);
+  NvmlSource src(kLib, std::nullopt);
+  REQUIRE(src.channels().size() == 1);
+  CHECK(src.channels()[0].kind == ChannelKind::power);
+  fake.set(0, "power_error", "4");
+  const auto r = read_all(src);
+  CHECK_FALSE(r.ok[0]);
+  const auto st = src.status();
+  REQUIRE(st.size() == 1);
+  CHECK_FALSE(st[0].available);
+  CHECK(contains(st[0].reason, "NVML_ERROR_NO_PERMISSION"));
+  CHECK(contains(st[0].reason, "power"));
+}
+
+TEST_CASE("nvml: CUDA_VISIBLE_DEVICES maps gpu:<i> to the process's order") {
+  FakeNvml fake;
+  fake.three_gpus();
+
+  SUBCASE("indices reorder") {
+    NvmlSource src(kLib, std::string("1,0"));
+    const auto& ch = src.channels();
+    REQUIRE(ch.size() == 2);
+    CHECK(ch[0].domain == "gpu:0");
+    CHECK(contains(ch[0].detail, kUuid1));
+    CHECK(ch[1].domain == "gpu:1");
+    CHECK(contains(ch[1].detail, kUuid0));
+    const auto r = read_all(src);
+    CHECK(r.raw[0] == 2000ULL);
+    CHECK(r.raw[1] == 1000ULL);
+    CHECK(src.status().size() == 2);
+  }
+  SUBCASE("whitespace around entries is ignored") {
+    NvmlSource src(kLib, std::string(" 2 , 0 "));
+    const auto r = read_all(src);
+    REQUIRE(r.raw.size() == 2);
+    CHECK(r.raw[0] == 3000ULL);
+    CHECK(r.raw[1] == 1000ULL);
+  }
+  SUBCASE("full UUIDs map by UUID") {
+    NvmlSource src(kLib, kUuid2 + "," + kUuid0);
+    const auto r = read_all(src);
+    REQUIRE(r.raw.size() == 2);
+    CHECK(r.raw[0] == 3000ULL);
+    CHECK(r.raw[1] == 1000ULL);
+  }
+  SUBCASE("a unique UUID prefix matches, with or without GPU-, in any case") {
+    NvmlSource src(kLib, std::string("GPU-aab,CCCC,aaaaaaaa-1111"));
+    const auto r = read_all(src);
+    REQUIRE(r.raw.size() == 3);
+    CHECK(r.raw[0] == 2000ULL);
+    CHECK(r.raw[1] == 3000ULL);
+    CHECK(r.raw[2] == 1000ULL);
+  }
+  SUBCASE("an ambiguous prefix stops enumeration") {
+    NvmlSource src(kLib, std::string("2,GPU-aa,0"));
+    const auto& ch = src.channels();
+    REQUIRE(ch.size() == 1);
+    CHECK(contains(ch[0].detail, kUuid2));
+    const auto st = src.status();
+    REQUIRE(st.size() == 2);
+    CHECK(st[1].domain == "gpu");
+    CHECK_FALSE(st[1].available);
+    CHECK(contains(st[1].reason, "GPU-aa"));
+    CHECK(contains(st[1].reason, "shared by 2 GPUs"));
+  }
+  SUBCASE("an invalid entry stops enumeration like CUDA") {
+    NvmlSource src(kLib, std::string("0,7,1"));
+    const auto& ch = src.channels();
+    REQUIRE(ch.size() == 1);
+    CHECK(ch[0].domain == "gpu:0");
+    CHECK(contains(ch[0].detail, kUuid0));
+    const auto st = src.status();
+    REQUIRE(st.size() == 2);
+    CHECK(st[0].available);
+    const DomainStatus* note = find_status(st, "gpu");
+    REQUIRE(note != nullptr);
+    CHECK_FALSE(note->available);
+    CHECK(contains(note->reason, "\"7\""));
+    CHECK(contains(note->reason, "out of range"));
+    CHECK(contains(note->reason, "every entry after it"));
+  }
+  SUBCASE("an unknown UUID stops enumeration") {
+    NvmlSource src(kLib, std::string("GPU-ffff,0"));
+    CHECK(src.channels().empty());
+    const auto st = src.status();
+    REQUIRE(st.size() == 1);
+    CHECK(st[0].domain == "gpu");
+    CHECK(contains(st[0].reason, "no NVIDIA GPU visible"));
+    CHECK(contains(st[0].reason, "GPU-ffff"));
+  }
+  SUBCASE("a GPU listed twice is counted once") {
+    NvmlSource src(kLib, std::string("1,GPU-aab"));
+    REQUIRE(src.channels().size() == 1);
+    CHECK(contains(src.channels()[0].detail, kUuid1));
+  }
+  SUBCASE("a trailing comma is not worth a note") {
+    NvmlSource src(kLib, std::string("0,1,"));
+    CHECK(src.channels().size() == 2);
+    CHECK(src.status().size() == 2);
+  }
+  SUBCASE("an empty value hides every GPU") {
+    NvmlSource src(kLib, std::string(""));
+    CHECK(src.channels().empty());
+    const auto st = src.status();
+    REQUIRE(st.size() == 1);
+    CHECK(st[0].domain == "gpu");
+    CHECK_FALSE(st[0].available);
+    CHECK(contains(st[0].reason, "no NVIDIA GPU visible"));
+    CHECK(contains(st[0].reason, "CUDA_VISIBLE_DEVICES"));
+    CHECK(contains(st[0].reason, "all 3 GPU(s)"));
+  }
+  SUBCASE("-1 hides every GPU") {
+    NvmlSource src(kLib, std::string("-1"));
+    CHECK(src.channels().empty());
+    const auto st = src.status();
+    REQUIRE(st.size() == 1);
+    CHECK(contains(st[0].reason, "CUDA_VISIBLE_DEVICES=\"-1\""));
+  }
+  SUBCASE("a MIG instance is a reason, not a crash") {
+    NvmlSource src(kLib, std::string("MIG-4f5e6d7c-1234-5678-9abc-def012345678"));
+    CHECK(src.channels().empty());
+    const auto st = src.status();
+    REQUIRE(st.size() == 1);
+    CHECK(st[0].domain == "gpu:0");
+    CHECK_FALSE(st[0].available);
+    CHECK(contains(st[0].reason, "MIG"));
+    CHECK(contains(st[0].reason, "no energy counter of their own"));
+    src.read(nullptr, nullptr);
+  }
+  SUBCASE("unset means every GPU in NVML order") {
+    NvmlSource src(kLib, std::nullopt);
+    const auto r = read_all(src);
+    REQUIRE(r.raw.size() == 3);
+    CHECK(r.raw[0] == 1000ULL);
+    CHECK(r.raw[2] == 3000ULL);
+  }
+}
+
+TEST_CASE("nvml: the fake's time-driven profile moves only every update_ms") {
+  FakeNvml fake;
+  fake.add_device(kUuid0, "NVIDIA H100", 0, 0);
+  timespec ts{};
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  const long long now_ns = static_cast<long long>(ts.tv_sec) * 1000000000LL + ts.tv_nsec;
+  // 100 W constant, counter updated every 100 ms, started 10 s ago: the
+  // counter is a multiple of 100 W * 0.1 s = 10 J and about 1000 J.
+  fake.set(0, "profile", "100 0 0 100 " + std::to_string(now_ns - 10000000000LL));
+  NvmlSource src(kLib, std::nullopt);
+  REQUIRE(src.channels().size() == 1);
+  const auto r = read_all(src);
+  CHECK(r.ok[0]);
+  CHECK(r.raw[0] % 10000 == 0);
+  CHECK(r.raw[0] >= 1000000ULL);
+  CHECK(r.raw[0] <= 1100000ULL);
+
+  fake.set(0, "energy_error", "3");
+  NvmlSource power(kLib, std::nullopt);
+  REQUIRE(power.channels().size() == 1);
+  CHECK(power.channels()[0].kind == ChannelKind::power);
+  const auto p = read_all(power);
+  CHECK(p.raw[0] == 100000ULL);  // mean of a constant 100 W over the last second
+}
+
+TEST_CASE("nvml: a library without the energy symbol falls back to power") {
+  const std::string lib = build_variant("-DFAKE_NVML_NO_ENERGY", "noenergy");
+  if (lib.empty()) {
+    MESSAGE("skipped: could not build the fake variant (no cc or no source)");
+    return;
+  }
+  FakeNvml fake;
+  fake.add_device(kUuid0, "Tesla K80", 999, 149000);
+  NvmlSource src(lib, std::nullopt);
+  REQUIRE(src.channels().size() == 1);
+  CHECK(src.channels()[0].kind == ChannelKind::power);
+  const auto r = read_all(src);
+  CHECK(r.ok[0]);
+  CHECK(r.raw[0] == 149000ULL);
+  CHECK(src.status()[0].available);
+  fs::remove_all(fs::path(lib).parent_path());
+}
+
+TEST_CASE("nvml: a library without the _v2 entry points is a reason") {
+  const std::string lib = build_variant("-DFAKE_NVML_NO_V2", "nov2");
+  if (lib.empty()) {
+    MESSAGE("skipped: could not build the fake variant (no cc or no source)");
+    return;
+  }
+  FakeNvml fake;
+  fake.add_device(kUuid0, "NVIDIA A100", 1, 1);
+  NvmlSource src(lib, std::nullopt);
+  CHECK(src.channels().empty());
+  const auto st = src.status();
+  REQUIRE(st.size() == 1);
+  CHECK(st[0].domain == "gpu");
+  CHECK_FALSE(st[0].available);
+  CHECK(contains(st[0].reason, "lacks nvmlInit_v2"));
+  CHECK(contains(st[0].reason, "update the NVIDIA driver"));
+  fs::remove_all(fs::path(lib).parent_path());
+}

@@ -1,0 +1,585 @@
+// Sampler: unwrap and integration (with a fake clock and a fake source whose
+// readings the test sets), thread lifecycle, pacing, pause and statistics.
+#include <doctest.h>
+
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "greenml/sampler.hpp"
+
+using greenml::ChannelInfo;
+using greenml::ChannelKind;
+using greenml::DomainStatus;
+using greenml::Sampler;
+using greenml::Source;
+using namespace std::chrono_literals;
+
+namespace {
+
+#if defined(__SANITIZE_THREAD__)
+constexpr bool kThreadSanitizer = true;
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+constexpr bool kThreadSanitizer = true;
+#else
+constexpr bool kThreadSanitizer = false;
+#endif
+#else
+constexpr bool kThreadSanitizer = false;
+#endif
+
+ChannelInfo counter_channel(const std::string& domain, std::uint64_t range_raw) {
+  ChannelInfo ch;
+  ch.domain = domain;
+  ch.source = "fake";
+  ch.kind = ChannelKind::counter;
+  ch.unit = "uj";
+  ch.to_si = 1e-6;
+  ch.range_raw = range_raw;
+  return ch;
+}
+
+ChannelInfo power_channel(const std::string& domain) {
+  ChannelInfo ch;
+  ch.domain = domain;
+  ch.source = "fake";
+  ch.kind = ChannelKind::power;
+  ch.unit = "mw";
+  ch.to_si = 1e-3;
+  return ch;
+}
+
+// A source whose readings, failures and read latency the test controls, and
+// which lets the test wait for the sampler to have read it.
+class FakeSource final : public Source {
+ public:
+  explicit FakeSource(std::vector<ChannelInfo> channels, std::int64_t max_safe_period_ns = INT64_MAX)
+      : channels_(std::move(channels)),
+        values_(channels_.size()),
+        failing_(channels_.size()),
+        max_safe_period_ns_(max_safe_period_ns) {}
+
+  [[nodiscard]] const std::vector<ChannelInfo>& channels() const override { return channels_; }
+  [[nodiscard]] std::vector<DomainStatus> status() const override {
+    std::vector<DomainStatus> st;
+    for (const auto& ch : channels_) st.push_back({ch.domain, ch.source, true, true, ""});
+    return st;
+  }
+  void read(std::uint64_t* raw, bool* ok) noexcept override {
+    // A slow sensor (e.g. NVML on a busy GPU) is the behaviour under test
+    // here, not a synchronisation device.
+    const auto delay = read_delay_us.load();
+    if (delay > 0) std::this_thread::sleep_for(std::chrono::microseconds(delay));
+    for (std::size_t i = 0; i < channels_.size(); ++i) {
+      ok[i] = !failing_[i].load();
+      if (ok[i]) raw[i] = values_[i].load();
+    }
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      ++reads_;
+    }
+    cv_.notify_all();
+  }
+  [[nodiscard]] std::string name() const override { return "fake"; }
+  [[nodiscard]] std::int64_t max_safe_period_ns() const noexcept override { return max_safe_period_ns_; }
+
+  void set(std::size_t i, std::uint64_t v) { values_[i].store(v); }
+  void set_failing(std::size_t i, bool failing) { failing_[i].store(failing); }
+
+  [[nodiscard]] std::uint64_t reads() const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return reads_;
+  }
+  // True once at least n reads have completed; false after the timeout.
+  bool wait_for_reads(std::uint64_t n, std::chrono::milliseconds timeout = 5s) {
+    std::unique_lock<std::mutex> lock(mutex_);
+    return cv_.wait_for(lock, timeout, [&] { return reads_ >= n; });
+  }
+
+  std::atomic<std::int64_t> read_delay_us{0};
+
+ private:
+  std::vector<ChannelInfo> channels_;
+  std::vector<std::atomic<std::uint64_t>> values_;
+  std::vector<std::atomic<bool>> failing_;
+  std::int64_t max_safe_period_ns_;
+  mutable std::mutex mutex_;
+  std::condition_variable cv_;
+  std::uint64_t reads_ = 0;
+};
+
+// A clock the test moves by hand.
+struct FakeClock {
+  std::shared_ptr<std::atomic<std::int64_t>> now = std::make_shared<std::atomic<std::int64_t>>(0);
+  [[nodiscard]] greenml::ClockFn fn() const {
+    auto n = now;
+    return [n] { return n->load(); };
+  }
+  void set(std::int64_t t_ns) const { now->store(t_ns); }
+};
+
+struct Row {
+  std::uint64_t index = 0;
+  std::int64_t t = 0;
+  std::vector<std::uint64_t> v;
+};
+
+Row read_now(Sampler& s) {
+  Row r;
+  r.v.assign(s.layout().width, 0xdeadbeef);
+  r.index = s.read_now(&r.t, r.v.data());
+  return r;
+}
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+}  // namespace
+
+TEST_CASE("sampler: the column layout puts energies first and raw powers after") {
+  auto src = std::make_shared<FakeSource>(
+      std::vector<ChannelInfo>{power_channel("gpu:0"), counter_channel("package:0", 1000), power_channel("gpu:1")});
+  Sampler s({src}, 1'000'000, 16);
+  const auto& l = s.layout();
+  CHECK(l.width == 5);
+  CHECK(l.power_column == std::vector<int>{3, -1, 4});
+  REQUIRE(l.energy_to_joules.size() == 3);
+  CHECK(l.energy_to_joules[0] == doctest::Approx(1e-6));  // integral kept in uJ
+  CHECK(l.energy_to_joules[1] == doctest::Approx(1e-6));  // the counter's own unit
+  CHECK(l.energy_to_joules[2] == doctest::Approx(1e-6));
+  REQUIRE(l.power_to_watts.size() == 3);
+  CHECK(l.power_to_watts[0] == doctest::Approx(1e-3));
+  CHECK(l.power_to_watts[1] == 0.0);
+  CHECK(l.power_to_watts[2] == doctest::Approx(1e-3));
+  CHECK(s.ring().width() == 5);
+  CHECK(s.ring().capacity() == 16);
+  CHECK(s.channels().size() == 3);
+  CHECK(s.channels()[1].domain == "package:0");
+}
+
+TEST_CASE("sampler: read_now unwraps a counter across several wraps and integrates power") {
+  FakeClock clock;
+  auto src = std::make_shared<FakeSource>(
+      std::vector<ChannelInfo>{counter_channel("package:0", 1000), power_channel("gpu:0")});
+  src->set(0, 900);
+  src->set(1, 1000);  // 1 W
+  clock.set(0);
+  Sampler s({src}, 1'000'000, 64, clock.fn());  // baseline read at t = 0
+
+  // 900 -> 100 wraps (+200), -> 950 (+850), -> 50 wraps again (+100).
+  // Power 1 W -> 3 W over 1 s: trapezoid 2 J; 3 W for 1 s: 3 J; 3 W -> 0 over
+  // 0.5 s: 0.75 J.
+  clock.set(1'000'000'000);
+  src->set(0, 100);
+  src->set(1, 3000);
+  Row r0 = read_now(s);
+  CHECK(r0.index == 0);
+  CHECK(r0.t == 1'000'000'000);
+  CHECK(r0.v[0] == 200);
+  CHECK(r0.v[1] == 2'000'000);
+  CHECK(r0.v[2] == 3000);
+
+  clock.set(2'000'000'000);
+  src->set(0, 950);
+  Row r1 = read_now(s);
+  CHECK(r1.index == 1);
+  CHECK(r1.v[0] == 1050);
+  CHECK(r1.v[1] == 5'000'000);
+  CHECK(r1.v[2] == 3000);
+
+  clock.set(2'500'000'000);
+  src->set(0, 50);
+  src->set(1, 0);
+  Row r2 = read_now(s);
+  CHECK(r2.index == 2);
+  CHECK(r2.v[0] == 1150);
+  CHECK(r2.v[1] == 5'750'000);
+  CHECK(r2.v[2] == 0);
+
+  // read_now pushed each sample: later readers see the same rows.
+  CHECK(s.ring().head() == 3);
+  std::int64_t t[3];
+  std::uint64_t v[9];
+  const auto res = s.ring().read(0, 3, t, v);
+  REQUIRE(res.copied == 3);
+  CHECK(t[0] == 1'000'000'000);
+  CHECK(t[2] == 2'500'000'000);
+  CHECK(v[0] == 200);
+  CHECK(v[3] == 1050);
+  CHECK(v[6] == 1150);
+  CHECK(v[7] == 5'750'000);
+
+  const auto st = s.stats();
+  CHECK(st.manual_samples == 3);
+  CHECK(st.samples == 0);  // no thread was started
+  CHECK(st.failed_reads == 0);
+}
+
+TEST_CASE("sampler: a counter that never wraps counts a decrease as a reset, not a lap") {
+  FakeClock clock;
+  auto src = std::make_shared<FakeSource>(std::vector<ChannelInfo>{counter_channel("package:0", 0)});
+  src->set(0, 5000);
+  Sampler s({src}, 1'000'000, 8, clock.fn());
+  src->set(0, 7000);
+  CHECK(read_now(s).v[0] == 2000);
+  src->set(0, 10);  // reset
+  CHECK(read_now(s).v[0] == 2000);
+  src->set(0, 60);
+  CHECK(read_now(s).v[0] == 2050);
+}
+
+TEST_CASE("sampler: channels of several sources sit side by side in source order") {
+  FakeClock clock;
+  auto a = std::make_shared<FakeSource>(std::vector<ChannelInfo>{counter_channel("package:0", 1000)});
+  auto b = std::make_shared<FakeSource>(
+      std::vector<ChannelInfo>{counter_channel("dram:0", 1000), power_channel("gpu:0")});
+  a->set(0, 10);
+  b->set(0, 20);
+  b->set(1, 2000);
+  Sampler s({a, b}, 1'000'000, 8, clock.fn());
+  REQUIRE(s.channels().size() == 3);
+  CHECK(s.channels()[0].domain == "package:0");
+  CHECK(s.channels()[1].domain == "dram:0");
+  CHECK(s.channels()[2].domain == "gpu:0");
+  CHECK(s.status().size() == 3);
+
+  a->set(0, 15);
+  b->set(0, 27);
+  clock.set(500'000'000);
+  const Row r = read_now(s);
+  CHECK(r.v[0] == 5);
+  CHECK(r.v[1] == 7);
+  CHECK(r.v[2] == 1'000'000);  // 2 W for 0.5 s
+  CHECK(r.v[3] == 2000);
+}
+
+TEST_CASE("sampler: failed reads are counted per channel and do not corrupt the unwrap") {
+  FakeClock clock;
+  auto src = std::make_shared<FakeSource>(
+      std::vector<ChannelInfo>{counter_channel("package:0", 1000), counter_channel("dram:0", 1000)});
+  src->set(0, 100);
+  src->set(1, 100);
+  Sampler s({src}, 1'000'000, 8, clock.fn());
+
+  src->set_failing(0, true);
+  src->set(0, 999);  // not seen
+  src->set(1, 150);
+  Row r = read_now(s);
+  CHECK(r.v[0] == 0);  // nothing new known
+  CHECK(r.v[1] == 50);
+  src->set(0, 300);
+  r = read_now(s);
+  CHECK(r.v[0] == 0);
+
+  auto st = s.stats();
+  CHECK(st.failed_reads == 2);
+  CHECK(st.failed_reads_per_channel == std::vector<std::uint64_t>{2, 0});
+
+  // Back: the delta is taken from the last good reading (100 -> 300).
+  src->set_failing(0, false);
+  r = read_now(s);
+  CHECK(r.v[0] == 200);
+  st = s.stats();
+  CHECK(st.failed_reads == 2);
+  CHECK(st.failed_reads_per_channel == std::vector<std::uint64_t>{2, 0});
+}
+
+TEST_CASE("sampler: invalid arguments are refused") {
+  auto src = std::make_shared<FakeSource>(std::vector<ChannelInfo>{counter_channel("package:0", 1000)});
+  CHECK_THROWS_AS(Sampler({src}, 0, 8), std::invalid_argument);
+  CHECK_THROWS_AS(Sampler({src}, -5, 8), std::invalid_argument);
+  CHECK_THROWS_AS(Sampler({src, nullptr}, 1'000'000, 8), std::invalid_argument);
+  Sampler s({src}, 1'000'000, 8);
+  CHECK_THROWS_AS(s.set_period_ns(0), std::invalid_argument);
+  CHECK(s.period_ns() == 1'000'000);
+  s.set_period_ns(2'000'000);
+  CHECK(s.period_ns() == 2'000'000);
+}
+
+TEST_CASE("sampler: start, stop, pause and resume are idempotent") {
+  auto src = std::make_shared<FakeSource>(std::vector<ChannelInfo>{counter_channel("package:0", 1000)});
+  Sampler s({src}, 1'000'000, 1024);
+  CHECK_FALSE(s.stats().running);
+
+  s.start();
+  s.start();
+  CHECK(s.stats().running);
+  REQUIRE(src->wait_for_reads(src->reads() + 3));
+
+  s.pause();
+  s.pause();
+  CHECK(s.stats().paused);
+  CHECK(s.stats().running);
+  s.resume();
+  s.resume();
+  CHECK_FALSE(s.stats().paused);
+
+  s.stop();
+  s.stop();
+  CHECK_FALSE(s.stats().running);
+  const auto samples = s.stats().samples;
+  CHECK(samples > 0);
+  CHECK(s.stats().thread_cpu_ns > 0);
+
+  // Restartable after a stop; the sample count carries on.
+  s.start();
+  REQUIRE(src->wait_for_reads(src->reads() + 3));
+  s.stop();
+  CHECK(s.stats().samples > samples);
+  CHECK_FALSE(s.stats().running);
+}
+
+TEST_CASE("sampler: stop() returns promptly even with a long period") {
+  auto src = std::make_shared<FakeSource>(std::vector<ChannelInfo>{counter_channel("package:0", 1000)});
+  Sampler s({src}, 1'000'000'000, 16);  // 1 s
+  s.start();
+  const auto t0 = std::chrono::steady_clock::now();
+  s.stop();
+  const double took = seconds_since(t0);
+  CHECK(took < 0.25);
+  MESSAGE("stop() at a 1 s period took " << took * 1e3 << " ms");
+}
+
+TEST_CASE("sampler: a destroyed sampler stops its thread") {
+  auto src = std::make_shared<FakeSource>(std::vector<ChannelInfo>{counter_channel("package:0", 1000)});
+  {
+    Sampler s({src}, 1'000'000, 16);
+    s.start();
+    REQUIRE(src->wait_for_reads(src->reads() + 2));
+  }
+  // After the destructor no thread reads the source any more. Joined threads
+  // make this exact: the count cannot move again.
+  const auto reads = src->reads();
+  CHECK_FALSE(src->wait_for_reads(reads + 1, 30ms));
+}
+
+TEST_CASE("sampler: the thread pushes about one sample per period") {
+  auto src = std::make_shared<FakeSource>(
+      std::vector<ChannelInfo>{counter_channel("package:0", 1000), power_channel("gpu:0")});
+  src->set(1, 1000);
+  Sampler s({src}, 1'000'000, 4096);  // 1 ms
+  const auto t0 = std::chrono::steady_clock::now();
+  s.start();
+  std::this_thread::sleep_for(200ms);  // measuring a rate: the sleep is the window
+  const auto st = s.stats();
+  const double elapsed = seconds_since(t0);
+  s.stop();
+
+  CHECK(st.samples > 50);
+  // An absolute deadline grid never fires more than once per period.
+  CHECK(static_cast<double>(st.samples) <= elapsed / 1e-3 + 2);
+  CHECK(st.manual_samples == 0);
+  const auto final_samples = s.stats().samples;
+  CHECK(s.ring().head() == final_samples);
+  MESSAGE(st.samples << " samples in " << elapsed * 1e3 << " ms at a 1 ms period, max lateness "
+                     << st.max_lateness_ns / 1000 << " us, missed " << st.missed_deadlines);
+
+  // Timestamps are ordered and the power integral never goes backwards.
+  std::vector<std::int64_t> t(final_samples);
+  std::vector<std::uint64_t> v(final_samples * s.layout().width);
+  const auto res = s.ring().read(0, final_samples, t.data(), v.data());
+  REQUIRE(res.copied == final_samples);
+  std::size_t disorder = 0;
+  for (std::size_t i = 1; i < res.copied; ++i) {
+    if (t[i] < t[i - 1]) ++disorder;
+    if (v[i * 3 + 1] < v[(i - 1) * 3 + 1]) ++disorder;
+    if (v[i * 3 + 2] != 1000) ++disorder;
+  }
+  CHECK(disorder == 0);
+}
+
+TEST_CASE("sampler: a read slower than the period counts missed deadlines") {
+  auto src = std::make_shared<FakeSource>(std::vector<ChannelInfo>{counter_channel("package:0", 1000)});
+  src->read_delay_us = 5000;  // 5 ms per read
+  Sampler s({src}, 1'000'000, 256);  // 1 ms period
+  s.start();
+  REQUIRE(src->wait_for_reads(src->reads() + 5));
+  s.stop();
+  const auto st = s.stats();
+  CHECK(st.missed_deadlines > 0);
+  // No catch-up burst: the thread rejoins the grid instead of firing the
+  // missed ticks back to back, so it cannot push faster than it reads.
+  CHECK(st.samples <= src->reads());
+}
+
+TEST_CASE("sampler: paused, it pushes nothing but keeps reading often enough to see wraps") {
+  // The counter wraps twice while paused: 900 -> 100 (+200) -> 800 (+700)
+  // -> 300 (+500) = 1400. Read only before and after, it would look like a
+  // single wrap (900 -> 300 = +400).
+  auto src = std::make_shared<FakeSource>(std::vector<ChannelInfo>{counter_channel("package:0", 1000)},
+                                          2'000'000);  // must be read every 2 ms
+  src->set(0, 900);
+  Sampler s({src}, 1'000'000, 1024);
+  CHECK(s.max_safe_period_ns() == 2'000'000);
+  s.start();
+  REQUIRE(src->wait_for_reads(src->reads() + 2));
+  s.pause();
+  // Two reads after pause(): the second one started after it, and the
+  // thread finished pushing for the first one before starting the second.
+  REQUIRE(src->wait_for_reads(src->reads() + 2));
+  const auto head_paused = s.ring().head();
+  const auto samples_paused = s.stats().samples;
+
+  for (std::uint64_t v : {100u, 800u, 300u}) {
+    src->set(0, v);
+    // +2: the first read completing may have started before the set.
+    REQUIRE(src->wait_for_reads(src->reads() + 2));
+  }
+  CHECK(s.ring().head() == head_paused);
+  CHECK(s.stats().samples == samples_paused);
+
+  std::uint64_t before_pause = 0;
+  {
+    std::int64_t t;
+    std::vector<std::uint64_t> v(1);
+    REQUIRE(s.ring().read(head_paused - 1, 1, &t, v.data()).copied == 1);
+    before_pause = v[0];
+  }
+  s.stop();
+  src->set(0, 300);
+  const Row r = read_now(s);
+  CHECK(r.v[0] - before_pause == 1400);
+}
+
+TEST_CASE("sampler: resume() brings samples back within a few periods") {
+  // No wrap limit: the paused thread may poll slowly, but resuming must not
+  // wait for that slow poll to come round.
+  auto src = std::make_shared<FakeSource>(std::vector<ChannelInfo>{counter_channel("package:0", 1000)});
+  Sampler s({src}, 1'000'000, 1024);  // 1 ms
+  s.start();
+  REQUIRE(src->wait_for_reads(src->reads() + 2));
+  s.pause();
+  REQUIRE(src->wait_for_reads(src->reads() + 2, 5s));  // the thread has seen the pause
+  const auto samples = s.stats().samples;
+  const auto t0 = std::chrono::steady_clock::now();
+  s.resume();
+  const bool back = src->wait_for_reads(src->reads() + 5, 2s);
+  const double took = seconds_since(t0);
+  s.stop();
+  CHECK(back);
+  CHECK(s.stats().samples > samples);
+  CHECK(took < 0.25);
+  MESSAGE("5 reads after resume() took " << took * 1e3 << " ms at a 1 ms period");
+}
+
+TEST_CASE("sampler: the safe period is the smallest of the sources', and a slower period warns") {
+  auto fast = std::make_shared<FakeSource>(std::vector<ChannelInfo>{counter_channel("package:0", 1000)},
+                                           5'000'000);
+  auto slow = std::make_shared<FakeSource>(std::vector<ChannelInfo>{counter_channel("dram:0", 1000)},
+                                           50'000'000);
+  auto unbounded = std::make_shared<FakeSource>(std::vector<ChannelInfo>{power_channel("gpu:0")});
+
+  Sampler ok({fast, slow, unbounded}, 1'000'000, 8);
+  CHECK(ok.max_safe_period_ns() == 5'000'000);
+  CHECK(ok.warnings().empty());
+
+  Sampler too_slow({slow, fast}, 10'000'000, 8);
+  CHECK(too_slow.max_safe_period_ns() == 5'000'000);
+  const auto w = too_slow.warnings();
+  REQUIRE(w.size() == 1);
+  CHECK(w.front().find("GREENML_INTERVAL_MS") != std::string::npos);  // says what to change
+
+  Sampler power_only({unbounded}, 10'000'000'000, 8);
+  CHECK(power_only.max_safe_period_ns() == INT64_MAX);
+  CHECK(power_only.warnings().empty());
+}
+
+TEST_CASE("sampler: read_now from several threads while the thread samples keeps the ring ordered") {
+  auto src = std::make_shared<FakeSource>(
+      std::vector<ChannelInfo>{counter_channel("package:0", 1000), power_channel("gpu:0")});
+  src->set(1, 500);
+  Sampler s({src}, 200'000, 1 << 14);  // 0.2 ms
+  std::atomic<bool> done{false};
+  // A counter that keeps moving (in steps well under half the range, so the
+  // unwrap stays unambiguous whenever a read sees consecutive values).
+  std::thread mover([&] {
+    std::uint64_t v = 0;
+    while (!done.load()) {
+      v = (v + 7) % 1000;
+      src->set(0, v);
+      std::this_thread::yield();
+    }
+  });
+  s.start();
+  constexpr int kCalls = 300;
+  std::vector<std::vector<std::uint64_t>> seen(3);
+  std::vector<std::thread> callers;
+  for (int c = 0; c < 3; ++c) {
+    callers.emplace_back([&, c] {
+      for (int i = 0; i < kCalls; ++i) seen[static_cast<std::size_t>(c)].push_back(read_now(s).index);
+    });
+  }
+  for (auto& th : callers) th.join();
+  s.stop();
+  done = true;
+  mover.join();
+
+  // Every call got its own ring index, increasing per caller.
+  std::size_t disorder = 0;
+  for (const auto& idx : seen)
+    for (std::size_t i = 1; i < idx.size(); ++i)
+      if (idx[i] <= idx[i - 1]) ++disorder;
+  CHECK(disorder == 0);
+  const auto st = s.stats();
+  CHECK(st.manual_samples == 3 * kCalls);
+  CHECK(s.ring().head() == st.samples + st.manual_samples);
+
+  // The ring as a whole is one ordered history.
+  const auto n = std::min<std::uint64_t>(s.ring().head(), s.ring().capacity());
+  std::vector<std::int64_t> t(n);
+  std::vector<std::uint64_t> v(n * 3);
+  const auto res = s.ring().read(s.ring().head() - n, n, t.data(), v.data());
+  REQUIRE(res.copied == n);
+  for (std::size_t i = 1; i < n; ++i) {
+    if (t[i] < t[i - 1]) ++disorder;
+    if (v[i * 3] < v[(i - 1) * 3]) ++disorder;          // cumulative counter
+    if (v[i * 3 + 1] < v[(i - 1) * 3 + 1]) ++disorder;  // power integral
+  }
+  CHECK(disorder == 0);
+}
+
+TEST_CASE("sampler: start() in a forked child runs a fresh thread") {
+  if (kThreadSanitizer) {
+    MESSAGE("TSan does not support starting threads after a multi-threaded fork: skipped");
+    return;
+  }
+  auto src = std::make_shared<FakeSource>(std::vector<ChannelInfo>{counter_channel("package:0", 1000)});
+  Sampler s({src}, 1'000'000, 1024);
+  s.start();
+  REQUIRE(src->wait_for_reads(src->reads() + 2));
+
+  const pid_t pid = ::fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    // Child: only this thread was copied. Report through the exit code.
+    int rc = 0;
+    if (s.stats().running) rc = 1;
+    if (rc == 0) {
+      s.start();
+      if (!s.stats().running) rc = 2;
+      else if (!src->wait_for_reads(src->reads() + 3, 5s)) rc = 3;
+      s.stop();
+    }
+    ::_exit(rc);
+  }
+  int status = 0;
+  REQUIRE(::waitpid(pid, &status, 0) == pid);
+  REQUIRE(WIFEXITED(status));
+  CHECK(WEXITSTATUS(status) == 0);
+  // The parent's thread is unaffected.
+  CHECK(s.stats().running);
+  REQUIRE(src->wait_for_reads(src->reads() + 2));
+  s.stop();
+}

@@ -1,0 +1,321 @@
+/*
+ * A fake libnvidia-ml.so.1 for tests: the handful of NVML entry points greenml
+ * resolves with dlsym, scripted from files so a test can change the "hardware"
+ * while the code under test is running.
+ *
+ * Every call re-reads getenv("FAKE_NVML_DIR") and the files below; nothing is
+ * cached, so a test may rewrite a file (or switch the variable) mid-run.
+ *
+ *   $FAKE_NVML_DIR/init_error        optional int: nvmlInit_v2 returns it
+ *   $FAKE_NVML_DIR/count             number of devices (missing = 0)
+ *   $FAKE_NVML_DIR/<i>/uuid          default "GPU-%08x-0000-4000-8000-%012x" (i, 0xfeed0000+i)
+ *   $FAKE_NVML_DIR/<i>/name          default "Fake NVIDIA GPU"
+ *   $FAKE_NVML_DIR/<i>/energy_mj     static energy counter (mJ); missing = NOT_SUPPORTED
+ *   $FAKE_NVML_DIR/<i>/power_mw      static power (mW); missing = NOT_SUPPORTED
+ *   $FAKE_NVML_DIR/<i>/profile       time-driven model, see below (wins over the static files)
+ *   $FAKE_NVML_DIR/<i>/{energy,power,handle,uuid,name}_error
+ *                                    optional nvmlReturn_t injected into that call
+ *                                    (e.g. 3 NOT_SUPPORTED, 4 NO_PERMISSION, 15 GPU_IS_LOST);
+ *                                    0 or a missing file means no error.
+ *
+ * Profile: one line "base_w amp_w freq_hz update_ms t0_ns". With t the
+ * CLOCK_MONOTONIC time in ns and tau = (t - t0_ns) / 1e9 seconds,
+ *
+ *   P(tau) = base_w + amp_w * sin(2*pi*freq_hz*tau)                      [W]
+ *   E(tau) = base_w*tau + amp_w/(2*pi*freq_hz) * (1 - cos(2*pi*freq_hz*tau))  [J]
+ *            (E(tau) = base_w*tau when freq_hz == 0), the integral of P from t0.
+ *
+ * nvmlDeviceGetTotalEnergyConsumption moves only every update_ms, like real
+ * GPUs: with u = llround(update_ms * 1e6) ns and d = t - t0_ns (integer ns),
+ *   q = (d / u) * u          (integer division; q = d when u <= 0; 0 when d < 0)
+ *   energy_mj = floor(1000 * E(q / 1e9))   (clamped at 0)
+ * nvmlDeviceGetPowerUsage reports the mean power over the last second, in mW:
+ *   power_mw = llround(1000 * (E(tau) - E(tau - 1)))   (clamped at 0; E as above,
+ *   extended to negative tau by the same formula)
+ * Keep base_w >= |amp_w| so the counter never runs backwards.
+ *
+ * Compile-time switches build variants:
+ *   -DFAKE_NVML_NO_ENERGY   no nvmlDeviceGetTotalEnergyConsumption (pre-Volta driver)
+ *   -DFAKE_NVML_NO_V2       only the old names nvmlInit, nvmlDeviceGetCount,
+ *                           nvmlDeviceGetHandleByIndex exist (no _v2)
+ *
+ * Test hook: fake_nvml_init_count() returns nvmlInit minus nvmlShutdown calls
+ * so a test can check that NVML was shut down.
+ *
+ * Build: cc -shared -fPIC -O2 -Wall -Wextra fake_nvml.c -o libnvidia-ml.so.1 -lm
+ */
+#define _POSIX_C_SOURCE 200809L
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define FAKE_EXPORT __attribute__((visibility("default")))
+
+typedef int nvmlReturn_t;
+typedef struct fake_nvml_device {
+  unsigned int index;
+} * nvmlDevice_t;
+
+enum {
+  NVML_SUCCESS = 0,
+  NVML_ERROR_UNINITIALIZED = 1,
+  NVML_ERROR_INVALID_ARGUMENT = 2,
+  NVML_ERROR_NOT_SUPPORTED = 3,
+  NVML_ERROR_NO_PERMISSION = 4,
+  NVML_ERROR_NOT_FOUND = 6,
+  NVML_ERROR_INSUFFICIENT_SIZE = 7,
+  NVML_ERROR_DRIVER_NOT_LOADED = 9,
+  NVML_ERROR_GPU_IS_LOST = 15,
+  NVML_ERROR_UNKNOWN = 999
+};
+
+#define FAKE_MAX_DEVICES 64
+
+static struct fake_nvml_device g_devices[FAKE_MAX_DEVICES];
+static int g_init_count; /* nvmlInit minus nvmlShutdown, like NVML's ref count */
+
+/* Reads $FAKE_NVML_DIR/<rel> into buf (NUL-terminated, trailing whitespace
+ * stripped). Returns 0 when the variable is unset or the file is missing. */
+static int read_file(const char* rel, char* buf, size_t size) {
+  const char* dir = getenv("FAKE_NVML_DIR");
+  char path[4096];
+  FILE* f;
+  size_t n;
+  if (dir == NULL || size == 0) return 0;
+  if (snprintf(path, sizeof path, "%s/%s", dir, rel) >= (int)sizeof path) return 0;
+  f = fopen(path, "r");
+  if (f == NULL) return 0;
+  n = fread(buf, 1, size - 1, f);
+  fclose(f);
+  buf[n] = '\0';
+  while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == ' ' || buf[n - 1] == '\r' ||
+                   buf[n - 1] == '\t'))
+    buf[--n] = '\0';
+  return 1;
+}
+
+static int read_device_file(unsigned int index, const char* name, char* buf, size_t size) {
+  char rel[256];
+  snprintf(rel, sizeof rel, "%u/%s", index, name);
+  return read_file(rel, buf, size);
+}
+
+/* 1 and *out set when the file holds an integer. */
+static int read_ll(const char* rel, long long* out) {
+  char buf[64];
+  char* end;
+  if (!read_file(rel, buf, sizeof buf)) return 0;
+  *out = strtoll(buf, &end, 10);
+  return end != buf;
+}
+
+static int read_device_ll(unsigned int index, const char* name, long long* out) {
+  char rel[256];
+  snprintf(rel, sizeof rel, "%u/%s", index, name);
+  return read_ll(rel, out);
+}
+
+/* The injected error for one call kind, or NVML_SUCCESS. */
+static nvmlReturn_t injected(unsigned int index, const char* what) {
+  char name[64];
+  long long code = 0;
+  snprintf(name, sizeof name, "%s_error", what);
+  if (read_device_ll(index, name, &code)) return (nvmlReturn_t)code;
+  return NVML_SUCCESS;
+}
+
+static unsigned int device_count(void) {
+  long long n = 0;
+  if (!read_ll("count", &n) || n < 0) return 0;
+  return n > FAKE_MAX_DEVICES ? FAKE_MAX_DEVICES : (unsigned int)n;
+}
+
+/* Checks the handle and the initialisation state shared by device calls. */
+static nvmlReturn_t check_device(nvmlDevice_t device) {
+  if (g_init_count <= 0) return NVML_ERROR_UNINITIALIZED;
+  if (device == NULL || device < &g_devices[0] || device >= &g_devices[FAKE_MAX_DEVICES])
+    return NVML_ERROR_INVALID_ARGUMENT;
+  return NVML_SUCCESS;
+}
+
+struct profile {
+  double base_w, amp_w, freq_hz, update_ms;
+  long long t0_ns;
+};
+
+static int read_profile(unsigned int index, struct profile* p) {
+  char buf[256];
+  if (!read_device_file(index, "profile", buf, sizeof buf)) return 0;
+  return sscanf(buf, "%lf %lf %lf %lf %lld", &p->base_w, &p->amp_w, &p->freq_hz, &p->update_ms,
+                &p->t0_ns) == 5;
+}
+
+static long long monotonic_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+/* Energy (J) from t0 to t0 + tau seconds; see the header comment. */
+static double profile_energy_j(const struct profile* p, double tau) {
+  const double two_pi = 6.283185307179586;
+  if (p->freq_hz == 0.0) return p->base_w * tau;
+  return p->base_w * tau +
+         p->amp_w / (two_pi * p->freq_hz) * (1.0 - cos(two_pi * p->freq_hz * tau));
+}
+
+#ifndef FAKE_NVML_NO_ENERGY
+static unsigned long long profile_energy_mj(const struct profile* p, long long now_ns) {
+  const long long u = llround(p->update_ms * 1e6);
+  long long d = now_ns - p->t0_ns;
+  double e;
+  if (d < 0) return 0;
+  if (u > 0) d = (d / u) * u;
+  e = floor(1000.0 * profile_energy_j(p, (double)d / 1e9));
+  return e < 0 ? 0ULL : (unsigned long long)e;
+}
+#endif
+
+static unsigned int profile_power_mw(const struct profile* p, long long now_ns) {
+  const double tau = (double)(now_ns - p->t0_ns) / 1e9;
+  const double mw = 1000.0 * (profile_energy_j(p, tau) - profile_energy_j(p, tau - 1.0));
+  return mw < 0 ? 0U : (unsigned int)llround(mw);
+}
+
+/* ---- exported NVML API ---------------------------------------------------- */
+
+static nvmlReturn_t do_init(void) {
+  long long code = 0;
+  if (getenv("FAKE_NVML_DIR") == NULL) return NVML_ERROR_DRIVER_NOT_LOADED;
+  if (read_ll("init_error", &code) && code != 0) return (nvmlReturn_t)code;
+  ++g_init_count;
+  return NVML_SUCCESS;
+}
+
+static nvmlReturn_t do_get_count(unsigned int* count) {
+  if (g_init_count <= 0) return NVML_ERROR_UNINITIALIZED;
+  if (count == NULL) return NVML_ERROR_INVALID_ARGUMENT;
+  *count = device_count();
+  return NVML_SUCCESS;
+}
+
+static nvmlReturn_t do_get_handle(unsigned int index, nvmlDevice_t* device) {
+  nvmlReturn_t rc;
+  if (g_init_count <= 0) return NVML_ERROR_UNINITIALIZED;
+  if (device == NULL || index >= device_count()) return NVML_ERROR_INVALID_ARGUMENT;
+  rc = injected(index, "handle");
+  if (rc != NVML_SUCCESS) return rc;
+  g_devices[index].index = index;
+  *device = &g_devices[index];
+  return NVML_SUCCESS;
+}
+
+#ifndef FAKE_NVML_NO_V2
+FAKE_EXPORT nvmlReturn_t nvmlInit_v2(void) { return do_init(); }
+FAKE_EXPORT nvmlReturn_t nvmlDeviceGetCount_v2(unsigned int* count) { return do_get_count(count); }
+FAKE_EXPORT nvmlReturn_t nvmlDeviceGetHandleByIndex_v2(unsigned int index, nvmlDevice_t* device) {
+  return do_get_handle(index, device);
+}
+#endif
+
+/* The pre-_v2 names, present in real drivers too. */
+FAKE_EXPORT nvmlReturn_t nvmlInit(void) { return do_init(); }
+FAKE_EXPORT nvmlReturn_t nvmlDeviceGetCount(unsigned int* count) { return do_get_count(count); }
+FAKE_EXPORT nvmlReturn_t nvmlDeviceGetHandleByIndex(unsigned int index, nvmlDevice_t* device) {
+  return do_get_handle(index, device);
+}
+
+FAKE_EXPORT nvmlReturn_t nvmlShutdown(void) {
+  if (g_init_count <= 0) return NVML_ERROR_UNINITIALIZED;
+  --g_init_count;
+  return NVML_SUCCESS;
+}
+
+static nvmlReturn_t copy_string(const char* value, char* out, unsigned int length) {
+  const size_t n = strlen(value);
+  if (out == NULL) return NVML_ERROR_INVALID_ARGUMENT;
+  if (n + 1 > length) return NVML_ERROR_INSUFFICIENT_SIZE;
+  memcpy(out, value, n + 1);
+  return NVML_SUCCESS;
+}
+
+FAKE_EXPORT nvmlReturn_t nvmlDeviceGetUUID(nvmlDevice_t device, char* uuid, unsigned int length) {
+  char buf[256];
+  nvmlReturn_t rc = check_device(device);
+  if (rc != NVML_SUCCESS) return rc;
+  rc = injected(device->index, "uuid");
+  if (rc != NVML_SUCCESS) return rc;
+  if (!read_device_file(device->index, "uuid", buf, sizeof buf))
+    snprintf(buf, sizeof buf, "GPU-%08x-0000-4000-8000-%012x", device->index,
+             0xfeed0000U + device->index);
+  return copy_string(buf, uuid, length);
+}
+
+FAKE_EXPORT nvmlReturn_t nvmlDeviceGetName(nvmlDevice_t device, char* name, unsigned int length) {
+  char buf[256];
+  nvmlReturn_t rc = check_device(device);
+  if (rc != NVML_SUCCESS) return rc;
+  rc = injected(device->index, "name");
+  if (rc != NVML_SUCCESS) return rc;
+  if (!read_device_file(device->index, "name", buf, sizeof buf))
+    snprintf(buf, sizeof buf, "Fake NVIDIA GPU");
+  return copy_string(buf, name, length);
+}
+
+#ifndef FAKE_NVML_NO_ENERGY
+FAKE_EXPORT nvmlReturn_t nvmlDeviceGetTotalEnergyConsumption(nvmlDevice_t device,
+                                                             unsigned long long* energy) {
+  struct profile p;
+  long long mj = 0;
+  nvmlReturn_t rc = check_device(device);
+  if (rc != NVML_SUCCESS) return rc;
+  if (energy == NULL) return NVML_ERROR_INVALID_ARGUMENT;
+  rc = injected(device->index, "energy");
+  if (rc != NVML_SUCCESS) return rc;
+  if (read_profile(device->index, &p)) {
+    *energy = profile_energy_mj(&p, monotonic_ns());
+    return NVML_SUCCESS;
+  }
+  if (!read_device_ll(device->index, "energy_mj", &mj)) return NVML_ERROR_NOT_SUPPORTED;
+  *energy = (unsigned long long)mj;
+  return NVML_SUCCESS;
+}
+#endif
+
+FAKE_EXPORT nvmlReturn_t nvmlDeviceGetPowerUsage(nvmlDevice_t device, unsigned int* power) {
+  struct profile p;
+  long long mw = 0;
+  nvmlReturn_t rc = check_device(device);
+  if (rc != NVML_SUCCESS) return rc;
+  if (power == NULL) return NVML_ERROR_INVALID_ARGUMENT;
+  rc = injected(device->index, "power");
+  if (rc != NVML_SUCCESS) return rc;
+  if (read_profile(device->index, &p)) {
+    *power = profile_power_mw(&p, monotonic_ns());
+    return NVML_SUCCESS;
+  }
+  if (!read_device_ll(device->index, "power_mw", &mw)) return NVML_ERROR_NOT_SUPPORTED;
+  *power = (unsigned int)mw;
+  return NVML_SUCCESS;
+}
+
+FAKE_EXPORT const char* nvmlErrorString(nvmlReturn_t result) {
+  switch (result) {
+    case NVML_SUCCESS: return "Success";
+    case NVML_ERROR_UNINITIALIZED: return "Uninitialized";
+    case NVML_ERROR_INVALID_ARGUMENT: return "Invalid Argument";
+    case NVML_ERROR_NOT_SUPPORTED: return "Not Supported";
+    case NVML_ERROR_NO_PERMISSION: return "Insufficient Permissions";
+    case NVML_ERROR_NOT_FOUND: return "Not Found";
+    case NVML_ERROR_INSUFFICIENT_SIZE: return "Insufficient Size";
+    case NVML_ERROR_DRIVER_NOT_LOADED: return "Driver Not Loaded";
+    case NVML_ERROR_GPU_IS_LOST: return "GPU is lost";
+    default: return "Unknown Error";
+  }
+}
+
+/* Test hook, not part of NVML. */
+FAKE_EXPORT int fake_nvml_init_count(void) { return g_init_count; }
