@@ -82,6 +82,19 @@ void register_sampler(py::module_& m) {
           "energy_j[C], power_w[C]); energy is cumulative since the sampler was created, power "
           "is NaN for counter channels.")
       .def(
+          "latest",
+          [](const Sampler& s) -> py::object {
+            std::vector<std::uint64_t> row(s.layout().width);
+            std::int64_t t = 0;
+            std::uint64_t index = 0;
+            if (!s.ring().latest(&t, row.data(), &index)) return py::none();
+            auto [energy, power] = to_si(s, 1, row.data());
+            const auto c = static_cast<py::ssize_t>(s.channels().size());
+            return py::make_tuple(index, t, energy.reshape({c}), power.reshape({c}));
+          },
+          "The newest sample in the ring as (index, t_ns, energy_j[C], power_w[C]), or None "
+          "when the ring is empty. No I/O: it copies one slot.")
+      .def(
           "read",
           [](const Sampler& s, std::uint64_t from_index, std::size_t max_samples) {
             const SampleRing& ring = s.ring();
@@ -105,6 +118,31 @@ void register_sampler(py::module_& m) {
           "Copies samples with index >= from_index, oldest first, without blocking the sampler. "
           "Returns (t_ns[n], energy_j[n, C], power_w[n, C], next_index, lost): pass next_index "
           "as from_index next time; lost counts samples overwritten before they could be read.")
+      .def(
+          "read_indexed",
+          [](const Sampler& s, std::uint64_t from_index, std::size_t max_samples) {
+            const SampleRing& ring = s.ring();
+            const std::size_t width = s.layout().width;
+            const std::uint64_t head = ring.head();
+            std::size_t n = head > from_index ? static_cast<std::size_t>(head - from_index) : 0;
+            n = std::min({n, ring.capacity(), max_samples});
+            std::vector<std::int64_t> times(n);
+            std::vector<std::uint64_t> indices(n);
+            std::vector<std::uint64_t> rows(n * width);
+            SampleRing::ReadResult r;
+            {
+              py::gil_scoped_release release;
+              r = ring.read(from_index, n, times.data(), rows.data(), indices.data());
+            }
+            const auto copied = static_cast<py::ssize_t>(r.copied);
+            py::array_t<std::int64_t> t(copied, times.data());
+            py::array_t<std::int64_t> idx(copied, reinterpret_cast<const std::int64_t*>(indices.data()));
+            auto [energy, power] = to_si(s, r.copied, rows.data());
+            return py::make_tuple(idx, t, energy, power, r.next, r.lost);
+          },
+          py::arg("from_index"), py::arg("max_samples") = std::numeric_limits<std::size_t>::max(),
+          "Like read(), with each sample's ring index first: (index[n], t_ns[n], energy_j[n, C], "
+          "power_w[n, C], next_index, lost).")
       .def("stats", [](const Sampler& s) {
         const SamplerStats st = s.stats();
         py::dict d;

@@ -128,11 +128,19 @@ class Sampler:
         ...
     def channels(self) -> list[ChannelInfo]:
         ...
+    def latest(self) -> typing.Any:
+        """
+        The newest sample in the ring as (index, t_ns, energy_j[C], power_w[C]), or None when the ring is empty. No I/O: it copies one slot.
+        """
     def pause(self) -> None:
         ...
     def read(self, from_index: typing.SupportsInt | typing.SupportsIndex, max_samples: typing.SupportsInt | typing.SupportsIndex = 18446744073709551615) -> tuple[numpy.typing.NDArray[numpy.int64], numpy.typing.NDArray[numpy.float64], numpy.typing.NDArray[numpy.float64], int, int]:
         """
         Copies samples with index >= from_index, oldest first, without blocking the sampler. Returns (t_ns[n], energy_j[n, C], power_w[n, C], next_index, lost): pass next_index as from_index next time; lost counts samples overwritten before they could be read.
+        """
+    def read_indexed(self, from_index: typing.SupportsInt | typing.SupportsIndex, max_samples: typing.SupportsInt | typing.SupportsIndex = 18446744073709551615) -> tuple[numpy.typing.NDArray[numpy.int64], numpy.typing.NDArray[numpy.int64], numpy.typing.NDArray[numpy.float64], numpy.typing.NDArray[numpy.float64], int, int]:
+        """
+        Like read(), with each sample's ring index first: (index[n], t_ns[n], energy_j[n, C], power_w[n, C], next_index, lost).
         """
     def read_now(self) -> tuple[int, int, numpy.ndarray, numpy.ndarray]:
         """

@@ -12,7 +12,7 @@ import os
 import threading
 import warnings
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 from . import _core, _cpu_model
 from ._config import Settings, settings_from_env
@@ -80,6 +80,7 @@ class Runtime:
         self._lock = threading.Lock()
         self._started = False
         self._pid = os.getpid()
+        self.baseline: Optional[Any] = None  # the last idle baseline measured (a Baseline)
 
     def ensure_started(self) -> "_core.Sampler":
         """Starts the sampler thread once (again after a fork, in the child)."""
@@ -90,9 +91,14 @@ class Runtime:
                 for message in self.sampler.warnings():
                     warnings.warn(message, RuntimeWarning, stacklevel=3)
                 self.sampler.start()
+                # One synchronous sample, so a window opened right now has a sample before it.
+                self.sampler.read_now()
                 self._started = True
                 self._pid = os.getpid()
         return self.sampler
+
+    def is_running(self) -> bool:
+        return self._started and self._pid == os.getpid()
 
     def stop(self) -> None:
         with self._lock:

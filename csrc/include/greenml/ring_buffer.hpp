@@ -77,9 +77,10 @@ class SampleRing {
   };
 
   // Copies up to max_samples samples with index >= from, oldest first, into
-  // t_out[copied] and v_out[copied * width]. Never blocks the producer.
+  // t_out[copied] and v_out[copied * width] (and each sample's index into
+  // idx_out[copied] when given). Never blocks the producer.
   ReadResult read(std::uint64_t from, std::size_t max_samples, std::int64_t* t_out,
-                  std::uint64_t* v_out) const noexcept {
+                  std::uint64_t* v_out, std::uint64_t* idx_out = nullptr) const noexcept {
     ReadResult r;
     const std::uint64_t h = head();
     if (from > h) from = h;  // a cursor from the future (e.g. after a reset) restarts at head
@@ -107,18 +108,24 @@ class SampleRing {
         ++r.lost;  // overwritten while copying: discard the torn copy
         continue;
       }
+      if (idx_out != nullptr) idx_out[r.copied] = g;
       ++r.copied;
     }
     r.next = g;
     return r;
   }
 
-  // Copies the newest complete sample; false when the ring is empty.
-  [[nodiscard]] bool latest(std::int64_t* t_out, std::uint64_t* v_out) const noexcept {
+  // Copies the newest complete sample (and its index, if asked); false when
+  // the ring is empty.
+  [[nodiscard]] bool latest(std::int64_t* t_out, std::uint64_t* v_out,
+                            std::uint64_t* index_out = nullptr) const noexcept {
     for (int attempt = 0; attempt < 8; ++attempt) {
       const std::uint64_t h = head();
       if (h == 0) return false;
-      if (read(h - 1, 1, t_out, v_out).copied == 1) return true;
+      if (read(h - 1, 1, t_out, v_out).copied == 1) {
+        if (index_out != nullptr) *index_out = h - 1;
+        return true;
+      }
     }
     return false;
   }

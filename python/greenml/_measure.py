@@ -1,0 +1,254 @@
+"""``@greenml.measure``: energy of every call of a function.
+
+A call costs two clock reads, one ring-index read and an append; energies are resolved in
+batches (when enough calls are pending, when their samples are about to leave the ring, or when
+statistics are read), so the decorated function runs at full speed.
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import inspect
+import math
+import os
+import threading
+import weakref
+from typing import Any, Callable, Dict, List, Optional, TypeVar, Union, overload
+
+import numpy as np
+
+from . import _carbon
+from ._meter import sync_cuda as _sync_cuda
+from ._records import RecordLog, new_run_id
+from ._runtime import Runtime, default_runtime
+from ._windows import Window, WindowResolver, close_window, open_window
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_PENDING_MAX = 1024
+_live: "weakref.WeakSet[CallStats]" = weakref.WeakSet()
+
+
+class CallStats:
+    """Aggregate energy of the calls of one measured function (joules, seconds)."""
+
+    def __init__(self, name: str, rt_getter: Callable[[], Runtime], log: Optional[str],
+                 sync_cuda: bool, region: Optional[str], carbon_intensity: Optional[float],
+                 pue: float, max_records: int) -> None:
+        self.name = name
+        self._rt_getter = rt_getter
+        self._rt: Optional[Runtime] = None
+        self._log = RecordLog(log) if log else None
+        self._sync = sync_cuda
+        self._intensity = _carbon.resolve_intensity(region, carbon_intensity)
+        self._pue = pue
+        _carbon.co2e_g(0.0, self._intensity, pue)
+        self._lock = threading.Lock()
+        self._pending: List[Window] = []
+        self._pending_t0 = 0
+        self._energies = np.empty(0)
+        self._durations = np.empty(0)
+        self._max = max_records
+        self.calls = 0
+        self.total_j = 0.0
+        self.total_s = 0.0
+        self.uncertainty_j = 0.0
+        self.errors = 0
+        self._run_id = new_run_id()
+        _live.add(self)
+
+    def runtime(self) -> Runtime:
+        rt = self._rt
+        if rt is None:
+            rt = self._rt = self._rt_getter()
+            rt.ensure_started()
+        return rt
+
+    def _add(self, w: Window) -> None:
+        with self._lock:
+            if not self._pending:
+                self._pending_t0 = w.t0_ns
+            self._pending.append(w)
+            full = len(self._pending) >= _PENDING_MAX
+            rt = self._rt
+            old = rt is not None and (
+                w.t1_ns - self._pending_t0 > rt.sampler.capacity * rt.sampler.period_ns // 4
+            )
+        if full or old:
+            self.flush(final=False)
+
+    def flush(self, final: bool = True) -> None:
+        """Resolves pending calls (waiting for the last counter updates when ``final``)."""
+        with self._lock:
+            pending, self._pending = self._pending, []
+        if not pending or self._rt is None:
+            return
+        rt = self._rt
+        res = WindowResolver(rt).resolve(pending, settle=final)
+        ok = res.settled.all(axis=1)
+        done = len(pending) if final or ok.all() else int(np.argmin(ok))
+        if done < len(pending):
+            with self._lock:
+                self._pending = pending[done:] + self._pending
+                self._pending_t0 = self._pending[0].t0_ns
+        if done == 0:
+            return
+        mask = np.array([c.in_total for c in rt.channels], dtype=bool)
+        e = res.energy_j[:done][:, mask].sum(axis=1) if mask.any() else np.full(done, math.nan)
+        u = res.uncertainty_j[:done][:, mask].sum(axis=1) if mask.any() else np.full(done, math.nan)
+        d = np.array([(w.t1_ns - w.t0_ns) / 1e9 for w in pending[:done]])
+        with self._lock:
+            self.calls += done
+            self.total_j += float(e.sum())
+            self.total_s += float(d.sum())
+            self.uncertainty_j += float(u.sum())
+            room = max(0, self._max - self._energies.size)
+            self._energies = np.concatenate([self._energies, e[:room]])
+            self._durations = np.concatenate([self._durations, d[:room]])
+        if self._log is not None:
+            domains = [c.domain for c in rt.channels]
+            for k in range(done):
+                energy = float(e[k])
+                self._log.write({
+                    "type": "call",
+                    "name": self.name,
+                    "run_id": self._run_id,
+                    "pid": os.getpid(),
+                    "duration_s": float(d[k]),
+                    "energy_j": energy if math.isfinite(energy) else None,
+                    "uncertainty_j": float(u[k]) if math.isfinite(u[k]) else None,
+                    "by_domain": {dom: float(res.energy_j[k, i]) for i, dom in enumerate(domains)},
+                    "measured": {c.domain: c.measured for c in rt.channels},
+                    "co2e_g": _carbon.co2e_g(energy, self._intensity, self._pue)
+                    if math.isfinite(energy) else None,
+                    "settled": bool(ok[k]) or final,
+                })
+
+    @property
+    def mean_j(self) -> float:
+        self.flush()
+        return self.total_j / self.calls if self.calls else math.nan
+
+    def percentile_j(self, q: float) -> float:
+        """Percentile ``q`` (0-100) of energy per call (over the first ``max_records`` calls)."""
+        self.flush()
+        return float(np.percentile(self._energies, q)) if self._energies.size else math.nan
+
+    @property
+    def co2e_g(self) -> float:
+        self.flush()
+        return _carbon.co2e_g(self.total_j, self._intensity, self._pue) if self.calls else 0.0
+
+    def to_dict(self) -> Dict[str, Any]:
+        self.flush()
+        return {
+            "name": self.name,
+            "calls": self.calls,
+            "errors": self.errors,
+            "total_j": self.total_j,
+            "total_s": self.total_s,
+            "mean_j": self.total_j / self.calls if self.calls else None,
+            "p50_j": self.percentile_j(50) if self.calls else None,
+            "p90_j": self.percentile_j(90) if self.calls else None,
+            "p99_j": self.percentile_j(99) if self.calls else None,
+            "uncertainty_j": self.uncertainty_j,
+            "co2e_g": self.co2e_g,
+        }
+
+    def __repr__(self) -> str:
+        d = self.to_dict()
+        return f"CallStats({self.name!r}: {d['calls']} calls, {d['total_j']:.4g} J)"
+
+
+def _wrap(func: F, stats: CallStats) -> F:
+    sync = stats._sync
+
+    if inspect.iscoroutinefunction(func):
+
+        @functools.wraps(func)
+        async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+            rt = stats.runtime()
+            if sync:
+                _sync_cuda()
+            w = open_window(rt, keep_start_row=False)
+            try:
+                return await func(*args, **kwargs)
+            except BaseException:
+                stats.errors += 1
+                raise
+            finally:
+                if sync:
+                    _sync_cuda()
+                close_window(rt, w)
+                stats._add(w)
+
+        async_wrapper.energy = stats  # type: ignore[attr-defined]
+        return async_wrapper  # type: ignore[return-value]
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        rt = stats._rt or stats.runtime()
+        if sync:
+            _sync_cuda()
+        w = open_window(rt, keep_start_row=False)
+        try:
+            return func(*args, **kwargs)
+        except BaseException:
+            stats.errors += 1
+            raise
+        finally:
+            if sync:
+                _sync_cuda()
+            close_window(rt, w)
+            stats._add(w)
+
+    wrapper.energy = stats  # type: ignore[attr-defined]
+    return wrapper  # type: ignore[return-value]
+
+
+@overload
+def measure(func: F) -> F: ...
+@overload
+def measure(
+    name: Optional[str] = None, *, log: Optional[str] = None, sync_cuda: bool = True,
+    region: Optional[str] = None, carbon_intensity: Optional[float] = None, pue: float = 1.0,
+    runtime: Optional[Runtime] = None, max_records: int = 100_000,
+) -> Callable[[F], F]: ...
+
+
+def measure(  # type: ignore[misc]
+    func_or_name: Union[Callable[..., Any], str, None] = None,
+    *,
+    log: Optional[str] = None,
+    sync_cuda: bool = True,
+    region: Optional[str] = None,
+    carbon_intensity: Optional[float] = None,
+    pue: float = 1.0,
+    runtime: Optional[Runtime] = None,
+    max_records: int = 100_000,
+) -> Any:
+    """Measures every call of a function: ``@greenml.measure`` or ``@greenml.measure("infer",
+    log="energy.jsonl")``. Works on plain and ``async`` functions and on methods. The wrapped
+    function gains ``.energy``, a :class:`CallStats` (calls, total_j, mean_j, percentile_j())."""
+
+    def decorate(func: F, name: Optional[str]) -> F:
+        getter = (lambda: runtime) if runtime is not None else default_runtime
+        stats = CallStats(
+            name or getattr(func, "__qualname__", repr(func)), getter, log, sync_cuda, region,
+            carbon_intensity, pue, max_records,
+        )
+        return _wrap(func, stats)
+
+    if callable(func_or_name):
+        return decorate(func_or_name, None)
+    return lambda func: decorate(func, func_or_name)
+
+
+@atexit.register
+def _flush_all() -> None:
+    for s in list(_live):
+        try:
+            s.flush()
+        except Exception:  # noqa: BLE001 - never fail the interpreter's exit
+            pass

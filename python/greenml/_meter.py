@@ -1,0 +1,500 @@
+"""``greenml.meter``: energy of a block of code, with phases and steps.
+
+Entering and leaving a meter, a phase or a step reads the clock and copies at most one ring
+slot: no I/O. Energies are resolved from the ring samples around each edge when a result is
+first read (or when the meter stops with a log), see :mod:`greenml._windows`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import threading
+import time
+import warnings
+from typing import Any, Dict, List, Mapping, Optional
+
+import numpy as np
+
+from . import _carbon
+from ._errors import GreenmlError, SensorError
+from ._records import RecordLog, new_run_id
+from ._runtime import Runtime, default_runtime
+from ._steps import StepStats
+from ._windows import (
+    Window,
+    WindowResolver,
+    close_window,
+    open_window,
+    totals,
+    warn_short_windows,
+)
+
+
+class NothingMeasuredWarning(UserWarning):
+    """No domain can be measured or estimated here: energies are NaN."""
+
+
+def sync_cuda() -> None:
+    """Waits for queued CUDA work, only when torch is already imported and CUDA initialised."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return
+    cuda = getattr(torch, "cuda", None)
+    if cuda is not None and cuda.is_initialized():
+        cuda.synchronize()
+
+
+class Baseline:
+    """Idle power per domain (W), measured by :func:`idle_baseline`."""
+
+    def __init__(self, power_w: Dict[str, float], duration_s: float, in_total: Dict[str, bool]):
+        self.power_w = dict(power_w)
+        self.duration_s = duration_s
+        self._in_total = dict(in_total)
+
+    @property
+    def total_power_w(self) -> float:
+        return float(sum(p for d, p in self.power_w.items() if self._in_total.get(d, False)))
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"power_w": dict(self.power_w), "duration_s": self.duration_s}
+
+    def __repr__(self) -> str:
+        parts = ", ".join(f"{d}={p:.2f} W" for d, p in self.power_w.items())
+        return f"Baseline({parts}; over {self.duration_s:.1f} s)"
+
+
+class Measurement:
+    """Energy of one window (a meter, a phase summed over its repeats, or a call).
+
+    Energies in joules, time in seconds, power in watts, carbon in grams CO2e.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: Optional[str],
+        kind: str,
+        duration_s: float,
+        by_domain: Dict[str, float],
+        uncertainty_by_domain: Dict[str, float],
+        in_total: Dict[str, bool],
+        measured: Dict[str, bool],
+        settled: bool,
+        intensity: _carbon.CarbonIntensity,
+        pue: float,
+        baseline: Optional[Baseline] = None,
+        items: Optional[int] = None,
+        count: int = 1,
+        unavailable: Optional[Dict[str, str]] = None,
+        t_start_unix: Optional[float] = None,
+    ) -> None:
+        self.name = name
+        self.kind = kind
+        self.duration_s = duration_s
+        self.by_domain = by_domain
+        self.uncertainty_by_domain = uncertainty_by_domain
+        self.measured = measured
+        self.settled = settled
+        self.items = items
+        self.count = count
+        self.unavailable = unavailable or {}
+        self.t_start_unix = t_start_unix
+        self._in_total = in_total
+        counted = [d for d in by_domain if in_total.get(d)]
+        if counted:
+            self.energy_j = float(sum(by_domain[d] for d in counted))
+            self.uncertainty_j = float(sum(uncertainty_by_domain[d] for d in counted))
+        else:
+            self.energy_j = math.nan
+            self.uncertainty_j = math.nan
+        self.intensity = intensity
+        self.pue = pue
+        self.co2e_g = (
+            _carbon.co2e_g(self.energy_j, intensity, pue) if math.isfinite(self.energy_j) else math.nan
+        )
+        self.baseline = baseline
+        if baseline is not None:
+            self.net_by_domain: Optional[Dict[str, float]] = {
+                d: e - baseline.power_w.get(d, 0.0) * duration_s for d, e in by_domain.items()
+            }
+            self.net_energy_j: Optional[float] = float(
+                sum(v for d, v in self.net_by_domain.items() if in_total.get(d))
+            )
+        else:
+            self.net_by_domain = None
+            self.net_energy_j = None
+
+    @property
+    def mean_power_w(self) -> float:
+        return self.energy_j / self.duration_s if self.duration_s > 0 else math.nan
+
+    @property
+    def energy_per_item_j(self) -> Optional[float]:
+        return self.energy_j / self.items if self.items else None
+
+    @property
+    def estimated_domains(self) -> List[str]:
+        return [d for d, m in self.measured.items() if not m]
+
+    def to_dict(self) -> Dict[str, Any]:
+        d: Dict[str, Any] = {
+            "type": self.kind,
+            "name": self.name,
+            "t_start_unix": self.t_start_unix,
+            "duration_s": self.duration_s,
+            "energy_j": _num(self.energy_j),
+            "uncertainty_j": _num(self.uncertainty_j),
+            "mean_power_w": _num(self.mean_power_w),
+            "by_domain": {k: _num(v) for k, v in self.by_domain.items()},
+            "uncertainty_by_domain": {k: _num(v) for k, v in self.uncertainty_by_domain.items()},
+            "in_total": {k: self._in_total.get(k, False) for k in self.by_domain},
+            "measured": dict(self.measured),
+            "estimated_domains": self.estimated_domains,
+            "unavailable": dict(self.unavailable),
+            "settled": self.settled,
+            "co2e_g": _num(self.co2e_g),
+            "carbon": {
+                "gco2e_per_kwh": self.intensity.gco2e_per_kwh,
+                "region": self.intensity.region,
+                "year": self.intensity.year,
+                "source": self.intensity.source,
+                "pue": self.pue,
+            },
+            "count": self.count,
+        }
+        if self.items is not None:
+            d["items"] = self.items
+            d["energy_per_item_j"] = _num(self.energy_per_item_j)
+        if self.net_energy_j is not None:
+            d["net_energy_j"] = _num(self.net_energy_j)
+            d["net_by_domain"] = {k: _num(v) for k, v in (self.net_by_domain or {}).items()}
+            d["idle_power_w"] = dict(self.baseline.power_w) if self.baseline else None
+        return d
+
+    def __repr__(self) -> str:
+        est = f", estimated: {self.estimated_domains}" if self.estimated_domains else ""
+        return (
+            f"Measurement({self.name!r}: {self.energy_j:.4g} J +/- {self.uncertainty_j:.2g} J "
+            f"in {self.duration_s:.4g} s, {self.co2e_g:.3g} gCO2e{est})"
+        )
+
+
+def _num(x: Optional[float]) -> Optional[float]:
+    """JSON has no NaN: unknown numbers are written as null."""
+    if x is None or not math.isfinite(x):
+        return None
+    return float(x)
+
+
+class _Phase:
+    def __init__(self, meter: "Meter", name: str, items: Optional[int]) -> None:
+        self._meter = meter
+        self._name = name
+        self._items = items
+        self._window: Optional[Window] = None
+
+    def __enter__(self) -> "_Phase":
+        m = self._meter
+        if m._sync_cuda:
+            sync_cuda()
+        self._window = open_window(m._rt)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        m = self._meter
+        if m._sync_cuda:
+            sync_cuda()
+        assert self._window is not None
+        close_window(m._rt, self._window)
+        m._add_phase_window(self._name, self._window, self._items)
+
+
+class Meter:
+    """Measures the energy of a block: ``with greenml.meter("train") as m: ...``.
+
+    Results (``energy_j``, ``by_domain``, ``duration_s``, ``mean_power_w``, ``co2e_g``,
+    ``uncertainty_j``, ``measured``, ``phases``, ``steps``) are readable live while the meter
+    runs and final after it stops. Energies are in joules, durations in seconds.
+    """
+
+    def __init__(
+        self,
+        name: Optional[str] = None,
+        *,
+        log: Optional[str] = None,
+        sync_cuda: bool = True,
+        region: Optional[str] = None,
+        carbon_intensity: Optional[float] = None,
+        pue: float = 1.0,
+        baseline: Optional[Baseline] = None,
+        subtract_idle: bool = False,
+        settle: bool = True,
+        runtime: Optional[Runtime] = None,
+        max_step_records: int = 100_000,
+    ) -> None:
+        self.name = name
+        self._rt = runtime if runtime is not None else default_runtime()
+        env: Mapping[str, str] = self._rt.settings.env if self._rt.settings.env is not None else os.environ
+        self._intensity = _carbon.resolve_intensity(region, carbon_intensity, env=env)
+        _carbon.co2e_g(0.0, self._intensity, pue)  # validates pue now, not at the end
+        self._pue = pue
+        if subtract_idle and baseline is None:
+            baseline = self._rt.baseline
+            if baseline is None:
+                raise GreenmlError(
+                    "subtract_idle=True needs an idle baseline: measure one first with "
+                    "greenml.idle_baseline(seconds=10), or pass baseline=..."
+                )
+        self._baseline = baseline
+        self._sync_cuda = sync_cuda
+        self._settle = settle
+        self._log = RecordLog(log) if log else None
+        self._run_id = new_run_id()
+        self._lock = threading.Lock()
+        self._window: Optional[Window] = None
+        self._t_start_unix: Optional[float] = None
+        self._phase_windows: Dict[str, List[Window]] = {}
+        self._phase_items: Dict[str, int] = {}
+        self._phase_cache: Dict[str, Measurement] = {}
+        self._steps = StepStats(self._rt, max_records=max_step_records)
+        self._result: Optional[Measurement] = None
+        self._resolver = WindowResolver(self._rt)
+        self._failed_at_start: Optional[List[int]] = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> "Meter":
+        if self._window is not None and self._window.t1_ns is None:
+            return self
+        self._rt.ensure_started()
+        if self._sync_cuda:
+            sync_cuda()
+        self._result = None
+        self._phase_cache.clear()
+        self._t_start_unix = time.time()
+        self._window = open_window(self._rt)
+        self._steps.begin(self._window.t0_ns)
+        return self
+
+    def stop(self) -> "Meter":
+        w = self._window
+        if w is None:
+            raise GreenmlError("this meter was never started: use `with greenml.meter():` or .start()")
+        if w.t1_ns is not None:
+            return self
+        if self._sync_cuda:
+            sync_cuda()
+        close_window(self._rt, w)
+        self._steps.end(w.t1_ns)
+        if self._log is not None:
+            self._write_log()
+        return self
+
+    def __enter__(self) -> "Meter":
+        return self.start()
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        # An exception inside the block still gets a complete result; it is re-raised.
+        self.stop()
+
+    @property
+    def running(self) -> bool:
+        return self._window is not None and self._window.t1_ns is None
+
+    # -- phases and steps ------------------------------------------------------------------
+
+    def phase(self, name: str, items: Optional[int] = None) -> _Phase:
+        """A named part of the run; repeats accumulate. ``items`` gives energy per item."""
+        if items is not None and (not isinstance(items, int) or items < 0):
+            raise GreenmlError(f"items={items!r}: give a non-negative whole number of items")
+        return _Phase(self, name, items)
+
+    def _add_phase_window(self, name: str, w: Window, items: Optional[int]) -> None:
+        with self._lock:
+            self._phase_windows.setdefault(name, []).append(w)
+            if items is not None:
+                self._phase_items[name] = self._phase_items.get(name, 0) + items
+            self._phase_cache.pop(name, None)
+
+    def step(self) -> None:
+        """Marks a step boundary (the end of one step and the start of the next)."""
+        self._steps.mark()
+
+    # -- results ---------------------------------------------------------------------------
+
+    def _current_window(self) -> Window:
+        w = self._window
+        if w is None:
+            raise GreenmlError("this meter has not started yet: enter it with `with` or call .start()")
+        if w.t1_ns is None:  # live read: the window so far
+            live = Window(w.t0_ns, w.idx0, w.start_row)
+            close_window(self._rt, live)
+            return live
+        return w
+
+    def result(self) -> Measurement:
+        """The measurement of the whole meter (final once stopped, live before)."""
+        if self._result is not None:
+            return self._result
+        w = self._current_window()
+        res = self._resolver.resolve([w], settle=self._settle and not self.running)
+        m = self._measurement(self.name, "meter", [w], res.energy_j, res.uncertainty_j, res)
+        warn_short_windows(self._rt.channels, res, np.array([m.duration_s]))
+        if not self.running and m.settled:
+            self._result = m
+        return m
+
+    def _measurement(
+        self,
+        name: Optional[str],
+        kind: str,
+        windows: List[Window],
+        energy: np.ndarray,
+        unc: np.ndarray,
+        res: Any,
+        items: Optional[int] = None,
+    ) -> Measurement:
+        channels = self._rt.channels
+        duration = sum((w.t1_ns or 0) - w.t0_ns for w in windows) / 1e9
+        e = energy.sum(axis=0)
+        u = unc.sum(axis=0)
+        _, by_domain = totals(channels, e)
+        _, unc_by_domain = totals(channels, u)
+        unavailable = {s.domain: s.reason for s in self._rt.sensors() if not s.available}
+        if not any(ch.in_total for ch in channels):
+            warnings.warn(
+                "nothing can be measured or estimated on this machine, so energies are NaN; "
+                "run `greenml sensors` to see why and how to fix it",
+                NothingMeasuredWarning,
+                stacklevel=4,
+            )
+        return Measurement(
+            name=name,
+            kind=kind,
+            duration_s=duration,
+            by_domain=by_domain,
+            uncertainty_by_domain=unc_by_domain,
+            in_total={ch.domain: ch.in_total for ch in channels},
+            measured={ch.domain: ch.measured for ch in channels},
+            settled=bool(res.settled.all()),
+            intensity=self._intensity,
+            pue=self._pue,
+            baseline=self._baseline,
+            items=items,
+            count=len(windows),
+            unavailable=unavailable,
+            t_start_unix=self._t_start_unix,
+        )
+
+    @property
+    def phases(self) -> Dict[str, Measurement]:
+        """Per phase name, the measurement summed over all its repeats."""
+        with self._lock:
+            pending = {
+                n: list(ws) for n, ws in self._phase_windows.items() if n not in self._phase_cache
+            }
+            items = dict(self._phase_items)
+        fresh: Dict[str, Measurement] = {}
+        if pending:
+            flat = [w for ws in pending.values() for w in ws]
+            res = self._resolver.resolve(flat, settle=self._settle)
+            at = 0
+            for n, ws in pending.items():
+                part = res.rows(slice(at, at + len(ws)))
+                at += len(ws)
+                meas = self._measurement(
+                    n, "phase", ws, part.energy_j, part.uncertainty_j, part, items=items.get(n)
+                )
+                fresh[n] = meas
+                if meas.settled and not self.running:
+                    with self._lock:
+                        if len(self._phase_windows[n]) == len(ws):
+                            self._phase_cache[n] = meas
+        return {n: fresh.get(n) or self._phase_cache[n] for n in pending.keys() | self._phase_cache.keys()}
+
+    @property
+    def steps(self) -> StepStats:
+        """Per-step statistics (energy and duration), bounded in memory."""
+        self._steps.flush(final=not self.running)
+        return self._steps
+
+    energy_j = property(lambda self: self.result().energy_j, doc="Total energy (J), non-overlapping domains.")
+    by_domain = property(lambda self: self.result().by_domain, doc="Joules per domain key.")
+    duration_s = property(lambda self: self.result().duration_s, doc="Wall time (s).")
+    mean_power_w = property(lambda self: self.result().mean_power_w, doc="Mean power (W).")
+    co2e_g = property(lambda self: self.result().co2e_g, doc="Grams CO2e.")
+    uncertainty_j = property(lambda self: self.result().uncertainty_j, doc="Error bound (J).")
+    measured = property(lambda self: self.result().measured, doc="Per domain: measured (True) or estimated.")
+    net_energy_j = property(lambda self: self.result().net_energy_j, doc="Energy above idle (J).")
+    net_by_domain = property(lambda self: self.result().net_by_domain, doc="Joules above idle per domain.")
+    settled = property(lambda self: self.result().settled)
+
+    def to_dict(self) -> Dict[str, Any]:
+        d = self.result().to_dict()
+        d["run_id"] = self._run_id
+        d["phases"] = {n: p.to_dict() for n, p in self.phases.items()}
+        d["steps"] = self.steps.to_dict()
+        return d
+
+    def to_dataframe(self) -> Any:
+        """The sampled trace: one row per sample, time since start (s) and power per domain (W)."""
+        import pandas as pd
+
+        w = self._current_window()
+        idx, t, e, p, _, _ = self._rt.sampler.read_indexed(max(0, w.idx0 - 1))
+        mask = (t >= w.t0_ns) & (t <= (w.t1_ns or t[-1]))
+        t, e, p = t[mask], e[mask], p[mask]
+        data: Dict[str, Any] = {"t_s": (t - w.t0_ns) / 1e9}
+        for i, ch in enumerate(self._rt.channels):
+            if ch.kind == "power":
+                watts = p[:, i]
+            else:
+                watts = np.full(t.size, np.nan)
+                if t.size > 1:
+                    watts[1:] = np.diff(e[:, i]) / (np.diff(t) / 1e9)
+            data[f"{ch.domain}_w"] = watts
+        return pd.DataFrame(data)
+
+    def _write_log(self) -> None:
+        assert self._log is not None
+        base = {"run_id": self._run_id, "meter": self.name, "pid": os.getpid()}
+        for name, ph in self.phases.items():
+            self._log.write({**ph.to_dict(), **base})
+        rec = {**self.result().to_dict(), **base, "steps": self.steps.to_dict()}
+        self._log.write(rec)
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else "stopped" if self._window else "not started"
+        return f"<greenml.Meter {self.name!r} {state}>"
+
+
+def meter(name: Optional[str] = None, **options: Any) -> Meter:
+    """A meter (context manager): ``with greenml.meter("train") as m: ...``; see :class:`Meter`."""
+    return Meter(name, **options)
+
+
+def idle_baseline(seconds: float = 10.0, *, runtime: Optional[Runtime] = None) -> Baseline:
+    """Measures idle power per domain over ``seconds`` (keep the machine quiet meanwhile).
+
+    The baseline is remembered by the runtime, so later ``meter(subtract_idle=True)`` uses it.
+    """
+    if not (isinstance(seconds, (int, float)) and math.isfinite(seconds) and seconds > 0):
+        raise GreenmlError(f"seconds={seconds!r}: give a positive idle duration, e.g. 10")
+    rt = runtime if runtime is not None else default_runtime()
+    m = Meter("idle", runtime=rt, sync_cuda=True)
+    with m:
+        time.sleep(seconds)
+    r = m.result()
+    if not rt.channels:
+        raise SensorError(
+            "no domain can be measured or estimated here, so there is no idle power to measure; "
+            "run `greenml sensors` to see why"
+        )
+    power = {d: e / r.duration_s for d, e in r.by_domain.items()}
+    b = Baseline(power, r.duration_s, {ch.domain: ch.in_total for ch in rt.channels})
+    rt.baseline = b
+    return b
+

@@ -1,0 +1,275 @@
+"""From ring samples to window energies: the bridge between the sampler and the integrator.
+
+A *window* is what a meter, a phase, a step or a decorated call measures: a start and an end
+on the CLOCK_MONOTONIC timeline, the ring index at the start, and (for windows that may outlive
+the ring's history) a copy of the newest sample at the start. Opening and closing a window costs
+no I/O; energies are resolved later, in batches, from the samples around the window edges.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from . import _integrate
+from ._runtime import Runtime
+
+# Whole-range reads up to this many samples; beyond it only the samples around each edge.
+_CONTIGUOUS_READ_MAX = 20_000
+# Staleness bound of RAPL counters: they update about every 1 ms.
+_RAPL_MAX_UPDATE_NS = 2_000_000
+# A GPU energy counter updates every 20-100 ms; wait at most this long for the update that
+# covers a window's end when settling.
+_MAX_SETTLE_WAIT_NS = 250_000_000
+
+
+# RAPL counters count in units of the hardware's energy unit (15.3-61 uJ), not of 1 uJ.
+_RAPL_QUANTUM_J = 61e-6
+
+
+def _resolution_j(ch: object) -> float:
+    if getattr(ch, "kind") != "counter":
+        return 0.0
+    if getattr(ch, "source") == "rapl":
+        return _RAPL_QUANTUM_J
+    return float(getattr(ch, "to_si"))
+
+
+@dataclass
+class Window:
+    """One measured interval. ``t1_ns`` is None while open."""
+
+    t0_ns: int
+    idx0: int
+    start_row: Optional[Tuple[int, int, np.ndarray, np.ndarray]] = None
+    t1_ns: Optional[int] = None
+    idx1: Optional[int] = None
+
+
+@dataclass
+class Resolved:
+    """Per-window, per-channel results (arrays of shape [windows, channels])."""
+
+    energy_j: np.ndarray
+    uncertainty_j: np.ndarray
+    settled: np.ndarray
+    short: np.ndarray
+    peak_power_w: np.ndarray  # per channel, over the samples read
+
+    def rows(self, sl: slice) -> "Resolved":
+        """The results of a subset of the windows."""
+        return Resolved(
+            self.energy_j[sl], self.uncertainty_j[sl], self.settled[sl], self.short[sl],
+            self.peak_power_w,
+        )
+
+
+@dataclass
+class _Samples:
+    index: np.ndarray
+    t_ns: np.ndarray
+    energy_j: np.ndarray  # [n, C] cumulative
+    power_w: np.ndarray  # [n, C], NaN for counters
+    lost_ranges: int = 0
+
+
+_warned_short: set = set()
+
+
+def open_window(rt: Runtime, keep_start_row: bool = True) -> Window:
+    """Starts a window now. Costs a clock read and, with ``keep_start_row``, one slot copy."""
+    sampler = rt.sampler
+    if keep_start_row:
+        row = sampler.latest()
+        t0 = time.monotonic_ns()
+        return Window(t0_ns=t0, idx0=row[0] if row is not None else 0, start_row=row)
+    idx = sampler.head
+    return Window(t0_ns=time.monotonic_ns(), idx0=max(0, idx - 1))
+
+
+def close_window(rt: Runtime, w: Window) -> None:
+    w.t1_ns = time.monotonic_ns()
+    w.idx1 = rt.sampler.head
+
+
+class WindowResolver:
+    """Resolves windows of one runtime: reads the ring once per batch, integrates per channel."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self.channels = rt.channels
+        self._resolution = np.array([_resolution_j(c) for c in rt.channels])
+        self._max_update = [
+            float(_RAPL_MAX_UPDATE_NS) if c.source == "rapl" else None for c in rt.channels
+        ]
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def _read_range(self, start: int, stop: int) -> Optional[_Samples]:
+        sampler = self.rt.sampler
+        start = max(0, start)
+        if stop <= start:
+            return None
+        idx, t, e, p, _nxt, lost = sampler.read_indexed(start, stop - start)
+        if t.size == 0:
+            return None
+        return _Samples(idx, t, e, p, lost_ranges=1 if lost else 0)
+
+    def _samples_for(self, windows: Sequence[Window], head: int) -> _Samples:
+        period = self.rt.sampler.period_ns
+        # Samples on each side of an edge: enough to see a few GPU counter updates.
+        k = int(min(512, max(8, 3 * 100_000_000 // max(period, 1))))
+        lo = min(w.idx0 for w in windows) - 1
+        if head - lo <= _CONTIGUOUS_READ_MAX:
+            ranges = [(lo, head)]
+        else:
+            ranges = []
+            for w in windows:
+                ranges.append((w.idx0 - 1, w.idx0 + k))
+                end = w.idx1 if w.idx1 is not None else head
+                ranges.append((end - k, min(head, end + k)))
+            ranges.sort()
+            merged: List[Tuple[int, int]] = []
+            for a, b in ranges:
+                if merged and a <= merged[-1][1]:
+                    merged[-1] = (merged[-1][0], max(merged[-1][1], b))
+                else:
+                    merged.append((a, b))
+            ranges = merged
+        parts = [s for s in (self._read_range(a, b) for a, b in ranges) if s is not None]
+        # Start rows copied when the windows opened stand in for samples the ring has lost.
+        rows = [w.start_row for w in windows if w.start_row is not None]
+        if rows:
+            have = set(np.concatenate([p.index for p in parts]).tolist()) if parts else set()
+            extra = [r for r in rows if r[0] not in have]
+            if extra:
+                parts.append(
+                    _Samples(
+                        np.array([r[0] for r in extra], dtype=np.int64),
+                        np.array([r[1] for r in extra], dtype=np.int64),
+                        np.stack([r[2] for r in extra]),
+                        np.stack([r[3] for r in extra]),
+                    )
+                )
+        c = len(self.channels)
+        if not parts:
+            return _Samples(
+                np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, c)), np.zeros((0, c))
+            )
+        idx = np.concatenate([p.index for p in parts])
+        order = np.argsort(idx, kind="stable")
+        idx = idx[order]
+        keep = np.ones(idx.size, dtype=bool)
+        keep[1:] = idx[1:] != idx[:-1]
+        sel = order[keep]
+        return _Samples(
+            idx[keep],
+            np.concatenate([p.t_ns for p in parts])[sel],
+            np.concatenate([p.energy_j for p in parts])[sel],
+            np.concatenate([p.power_w for p in parts])[sel],
+        )
+
+    # -- resolving -------------------------------------------------------------------------
+
+    def resolve(self, windows: Sequence[Window], settle: bool = False) -> Resolved:
+        """Energies of closed windows. Takes a synchronous reading when no sample follows the
+        latest window end yet; with ``settle``, waits (briefly) until each counter has updated
+        after every window end."""
+        n, c = len(windows), len(self.channels)
+        if n == 0 or c == 0:
+            z = np.zeros((n, c))
+            return Resolved(z, z.copy(), np.ones((n, c), bool), np.zeros((n, c), bool), np.zeros(c))
+        t_end = max(w.t1_ns for w in windows if w.t1_ns is not None)
+        sampler = self.rt.sampler
+        latest = sampler.latest()
+        if latest is None or latest[1] <= t_end:
+            sampler.read_now()
+        deadline = time.monotonic_ns() + _MAX_SETTLE_WAIT_NS
+        while True:
+            head = sampler.head
+            samples = self._samples_for(windows, head)
+            res = self._integrate(windows, samples)
+            if not settle or res.settled.all() or time.monotonic_ns() >= deadline:
+                return res
+            time.sleep(max(sampler.period_ns, 1_000_000) / 1e9)
+            if not self.rt.is_running():
+                sampler.read_now()
+
+    def _integrate(self, windows: Sequence[Window], s: _Samples) -> Resolved:
+        n, c = len(windows), len(self.channels)
+        t0 = np.array([w.t0_ns for w in windows], dtype=np.int64)
+        t1 = np.array([w.t1_ns for w in windows], dtype=np.int64)
+        energy = np.zeros((n, c))
+        unc = np.zeros((n, c))
+        settled = np.ones((n, c), dtype=bool)
+        short = np.zeros((n, c), dtype=bool)
+        peak = np.zeros(c)
+        if s.t_ns.size < 2:
+            energy[:] = np.nan
+            unc[:] = np.nan
+            settled[:] = False
+            return Resolved(energy, unc, settled, short, peak)
+        # Windows cannot start before the first sample the trace holds.
+        t0c = np.maximum(t0, s.t_ns[0])
+        for i, ch in enumerate(self.channels):
+            if ch.kind == "counter":
+                trace = _integrate.Trace.counter(
+                    s.t_ns,
+                    np.maximum.accumulate(s.energy_j[:, i]),
+                    resolution_j=float(self._resolution[i]),
+                    max_update_interval_ns=self._max_update[i],
+                )
+            else:
+                trace = _integrate.Trace.power(s.t_ns, s.power_w[:, i], cum_j=s.energy_j[:, i])
+            curve = _integrate.prepare(trace)
+            results = curve.windows(t0c, t1)
+            energy[:, i] = [r.energy_j for r in results]
+            unc[:, i] = [r.uncertainty_j for r in results]
+            settled[:, i] = [r.settled for r in results]
+            short[:, i] = [r.short_window for r in results]
+            peak[i] = curve.peak_seen_w
+        return Resolved(energy, unc, settled, short, peak)
+
+
+def warn_short_windows(channels: Sequence, res: Resolved, durations_s: np.ndarray) -> None:
+    """Warns once per channel when a window was shorter than that channel's resolution."""
+    for i, ch in enumerate(channels):
+        if ch.domain in _warned_short or not res.short[:, i].any():
+            continue
+        _warned_short.add(ch.domain)
+        j = int(np.flatnonzero(res.short[:, i])[0])
+        warnings.warn(
+            f"a {durations_s[j] * 1e3:.1f} ms window is shorter than the update period of the "
+            f"{ch.domain} energy counter: its {res.energy_j[j, i]:.4g} J is interpolated between "
+            f"counter updates (uncertainty +/- {res.uncertainty_j[j, i]:.2g} J); measure longer "
+            "windows or many repetitions for a tighter figure (warned once per domain)",
+            ShortWindowWarning,
+            stacklevel=3,
+        )
+
+
+class ShortWindowWarning(UserWarning):
+    """A window was shorter than a counter's update period: its energy is interpolated."""
+
+
+def totals(channels: Sequence, by_channel: np.ndarray) -> Tuple[float, Dict[str, float]]:
+    """(total over non-overlapping domains, per-domain dict) for one window's channel values."""
+    by_domain = {ch.domain: float(by_channel[i]) for i, ch in enumerate(channels)}
+    total = float(sum(by_channel[i] for i, ch in enumerate(channels) if ch.in_total))
+    return total, by_domain
+
+
+__all__ = [
+    "Resolved",
+    "ShortWindowWarning",
+    "Window",
+    "WindowResolver",
+    "close_window",
+    "open_window",
+    "totals",
+    "warn_short_windows",
+]
