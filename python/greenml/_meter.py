@@ -32,6 +32,10 @@ from ._windows import (
 )
 
 
+# Counter power in traces is averaged over this trailing window (ns).
+TRACE_AVERAGE_NS = 50_000_000
+
+
 class NothingMeasuredWarning(UserWarning):
     """No domain can be measured or estimated here: energies are NaN."""
 
@@ -234,8 +238,10 @@ class Meter:
         settle: bool = True,
         runtime: Optional[Runtime] = None,
         max_step_records: int = 100_000,
+        trace: Optional[str] = None,
     ) -> None:
         self.name = name
+        self._trace_path = _check_trace_path(trace) if trace else None
         self._rt = runtime if runtime is not None else default_runtime()
         env: Mapping[str, str] = self._rt.settings.env if self._rt.settings.env is not None else os.environ
         self._intensity = _carbon.resolve_intensity(region, carbon_intensity, env=env)
@@ -289,6 +295,8 @@ class Meter:
             sync_cuda()
         close_window(self._rt, w)
         self._steps.end(w.t1_ns)
+        if self._trace_path is not None:
+            write_trace(self.to_dataframe(), self._trace_path)
         if self._log is not None:
             self._write_log()
         return self
@@ -448,27 +456,70 @@ class Meter:
         mask = (t >= w.t0_ns) & (t <= (w.t1_ns or t[-1]))
         t, e, p = t[mask], e[mask], p[mask]
         data: Dict[str, Any] = {"t_s": (t - w.t0_ns) / 1e9}
+        # Counters move in quanta (GPU: every 20-100 ms; /proc/stat: every 10 ms), so counter
+        # power is averaged over the trailing TRACE_AVERAGE_NS rather than one sample interval.
+        lag = max(1, int(round(TRACE_AVERAGE_NS / max(self._rt.sampler.period_ns, 1))))
         for i, ch in enumerate(self._rt.channels):
             if ch.kind == "power":
                 watts = p[:, i]
             else:
                 watts = np.full(t.size, np.nan)
                 if t.size > 1:
-                    watts[1:] = np.diff(e[:, i]) / (np.diff(t) / 1e9)
+                    k = min(lag, t.size - 1)
+                    watts[k:] = (e[k:, i] - e[:-k, i]) / ((t[k:] - t[:-k]) / 1e9)
+                    for j in range(1, k):  # the first samples: average since the start
+                        watts[j] = (e[j, i] - e[0, i]) / ((t[j] - t[0]) / 1e9)
             data[f"{ch.domain}_w"] = watts
         return pd.DataFrame(data)
+
+    def phase_spans_s(self) -> Dict[str, List[List[float]]]:
+        """Per phase, its [start, end] intervals in seconds since the meter started."""
+        w = self._window
+        if w is None:
+            return {}
+        with self._lock:
+            return {
+                n: [[(p.t0_ns - w.t0_ns) / 1e9, ((p.t1_ns or p.t0_ns) - w.t0_ns) / 1e9] for p in ws]
+                for n, ws in self._phase_windows.items()
+            }
 
     def _write_log(self) -> None:
         assert self._log is not None
         base = {"run_id": self._run_id, "meter": self.name, "pid": os.getpid()}
+        spans = self.phase_spans_s()
         for name, ph in self.phases.items():
-            self._log.write({**ph.to_dict(), **base})
+            self._log.write({**ph.to_dict(), **base, "spans_s": spans.get(name, [])})
         rec = {**self.result().to_dict(), **base, "steps": self.steps.to_dict()}
+        if self._trace_path is not None:
+            rec["trace"] = os.path.abspath(self._trace_path)
         self._log.write(rec)
 
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped" if self._window else "not started"
         return f"<greenml.Meter {self.name!r} {state}>"
+
+
+def _check_trace_path(path: str) -> str:
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in (".csv", ".parquet"):
+        raise GreenmlError(f"trace={path!r}: name the file .csv or .parquet")
+    if ext == ".parquet":
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError:
+            raise GreenmlError(
+                f"trace={path!r} needs pyarrow for Parquet: `pip install pyarrow`, "
+                "or name the file .csv"
+            ) from None
+    return path
+
+
+def write_trace(df: Any, path: str) -> None:
+    """Writes a per-sample power trace as CSV or Parquet, by the file's extension."""
+    if path.lower().endswith(".parquet"):
+        df.to_parquet(path, index=False)
+    else:
+        df.to_csv(path, index=False)
 
 
 def meter(name: Optional[str] = None, **options: Any) -> Meter:

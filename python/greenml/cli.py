@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import textwrap
 from dataclasses import asdict
-from typing import List, Optional, Sequence
+from typing import Any, List, Optional, Sequence
 
 from ._errors import GreenmlError
 
@@ -51,6 +52,161 @@ def _cmd_sensors(args: argparse.Namespace) -> int:
     return 0 if usable else 1
 
 
+def _runtime_from_args(args: argparse.Namespace) -> Any:
+    from dataclasses import replace
+
+    from ._config import parse_interval_ms, settings_from_env
+    from ._runtime import Runtime
+
+    settings = settings_from_env()
+    if args.interval_ms is not None:
+        settings = replace(settings, interval_ms=parse_interval_ms(str(args.interval_ms), "--interval-ms"))
+    return Runtime(settings)
+
+
+def _peak_power_w(df: Any, channels: List[Any]) -> Optional[float]:
+    cols = [f"{c.domain}_w" for c in channels if c.in_total and f"{c.domain}_w" in df]
+    if not cols or df.empty:
+        return None
+    total = df[cols].sum(axis=1, min_count=len(cols))
+    return float(total.max()) if total.notna().any() else None
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    import shutil
+    import signal
+    import subprocess
+
+    from ._meter import Meter, idle_baseline, write_trace
+    from ._records import RecordLog
+
+    cmd = list(args.cmd)
+    if cmd and cmd[0] == "--":
+        cmd = cmd[1:]
+    if not cmd:
+        print("greenml run: give the command to measure after --, e.g. "
+              "`greenml run -- python train.py`", file=sys.stderr)
+        return 2
+    if shutil.which(cmd[0]) is None and not os.path.exists(cmd[0]):
+        print(f"greenml run: {cmd[0]}: command not found", file=sys.stderr)
+        return 127
+    rt = _runtime_from_args(args)
+    baseline = None
+    if args.idle:
+        print(f"greenml: measuring idle power for {args.idle:g} s ...", file=sys.stderr)
+        baseline = idle_baseline(args.idle, runtime=rt)
+    m = Meter(
+        " ".join(cmd)[:200], runtime=rt, region=args.region,
+        carbon_intensity=args.carbon_intensity, pue=args.pue, baseline=baseline,
+        sync_cuda=False,
+    )
+    m.start()
+    try:
+        child = subprocess.Popen(cmd)
+    except OSError as exc:
+        m.stop()
+        print(f"greenml run: cannot start {cmd[0]}: {exc.strerror}", file=sys.stderr)
+        return 127 if isinstance(exc, (FileNotFoundError, PermissionError)) else 126
+
+    forwarded: List[int] = []
+
+    def forward(signum: int, _frame: Any) -> None:
+        forwarded.append(signum)
+        try:
+            child.send_signal(signum)
+        except ProcessLookupError:
+            pass
+
+    old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        rc = child.wait()
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        m.stop()
+    code = rc if rc >= 0 else 128 - rc
+    result = m.result().to_dict()
+    df = m.to_dataframe()
+    result["peak_power_w"] = _peak_power_w(df, rt.channels)
+    result["type"] = "run"
+    result["command"] = cmd
+    result["exit_code"] = code
+    if args.trace:
+        write_trace(df, args.trace)
+        result["trace"] = os.path.abspath(args.trace)
+    if args.log:
+        RecordLog(args.log).write(result)
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(result, f, indent=2)
+            f.write("\n")
+    from ._report import describe_result
+
+    print(describe_result(result, title=f"greenml run (exit {code})"), file=sys.stderr)
+    rt.stop()
+    return code
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from ._records import read_records
+    from ._report import describe_result, format_rows, load_trace, plot_run, summary_rows
+
+    path = args.file
+    if not os.path.exists(path):
+        print(f"greenml report: {path}: no such file", file=sys.stderr)
+        return 2
+    if path.lower().endswith((".csv", ".parquet")):
+        trace = load_trace(path)
+        if "t_s" not in trace:
+            print(f"greenml report: {path} is not a greenml trace (no t_s column)", file=sys.stderr)
+            return 2
+        import numpy as np
+
+        rows = []
+        t = trace["t_s"].to_numpy()
+        for c in [c for c in trace.columns if c.endswith("_w")]:
+            w = trace[c].to_numpy(dtype=float)
+            ok = np.isfinite(w)
+            e = float(np.sum(np.where(ok, w, 0.0) * np.diff(t, prepend=t[0])))
+            rows.append({"type": "trace", "name": c[:-2], "duration_s": float(t[-1] - t[0]) if t.size else 0.0,
+                         "energy_j": e})
+        print(format_rows(rows, args.format))
+        if args.plot:
+            plot_run(trace, args.plot, title=os.path.basename(path))
+        return 0
+    records = read_records(path)
+    if not records:
+        print(f"greenml report: {path} holds no greenml records", file=sys.stderr)
+        return 1
+    print(format_rows(summary_rows(records), args.format))
+    if args.plot:
+        tops = [r for r in records if r.get("type") in ("meter", "run") and r.get("trace")]
+        if not tops:
+            print("greenml report: --plot needs a trace; record one with meter(trace=...) or "
+                  "`greenml run --trace FILE`", file=sys.stderr)
+            return 1
+        top = tops[-1]
+        spans = {
+            r["name"]: r.get("spans_s") or []
+            for r in records
+            if r.get("type") == "phase" and r.get("run_id") == top.get("run_id")
+        }
+        plot_run(load_trace(top["trace"]), args.plot, spans=spans,
+                 title=f"{top.get('name') or 'run'}", estimated=top.get("estimated_domains") or [])
+        print(f"plot written to {args.plot}", file=sys.stderr)
+    if args.verbose:
+        for r in records:
+            if r.get("type") in ("meter", "run"):
+                print(describe_result(r, title=str(r.get("name"))))
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from ._demo import run_demo
+
+    return run_demo(args.out, quick=args.quick)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="greenml", description="Energy profiler for machine learning."
@@ -59,6 +215,33 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sensors", help="what can be measured here, and why not the rest")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=_cmd_sensors)
+
+    p = sub.add_parser("run", help="measure a whole command, keep its exit code",
+                       usage="greenml run [options] -- CMD [ARGS...]")
+    p.add_argument("--json", metavar="FILE", help="write the result as one JSON object")
+    p.add_argument("--log", metavar="FILE", help="append the result to a JSON Lines log")
+    p.add_argument("--trace", metavar="FILE", help="per-sample power trace (.csv or .parquet)")
+    p.add_argument("--interval-ms", type=float, help="sampling period in ms (default 10)")
+    p.add_argument("--region", help="ISO 3166 alpha-2/alpha-3 code for carbon intensity")
+    p.add_argument("--carbon-intensity", type=float, metavar="G_PER_KWH",
+                   help="grid intensity in gCO2e/kWh (overrides --region)")
+    p.add_argument("--pue", type=float, default=1.0, help="power usage effectiveness (>= 1)")
+    p.add_argument("--idle", type=float, metavar="SECONDS",
+                   help="measure an idle baseline first and report energy above idle")
+    p.add_argument("cmd", nargs=argparse.REMAINDER, help="the command, after --")
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("report", help="summarise a saved log or trace (table, plots)")
+    p.add_argument("file", help="a JSON Lines log, or a .csv/.parquet trace")
+    p.add_argument("--format", choices=["table", "csv", "json", "markdown"], default="table")
+    p.add_argument("--plot", metavar="OUT.png", help="draw power and cumulative energy")
+    p.add_argument("-v", "--verbose", action="store_true", help="also describe each run")
+    p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser("demo", help="train and evaluate a small model, measured, and report")
+    p.add_argument("--out", default="greenml-demo", help="directory for the log and plot")
+    p.add_argument("--quick", action="store_true", help="a few seconds instead of ~30")
+    p.set_defaults(func=_cmd_demo)
     return parser
 
 
