@@ -106,7 +106,7 @@ RaplSource::RaplSource(const std::string& root) {
     return;
   }
 
-  std::map<std::string, int> psys_seen;
+  std::map<std::string, int> psys_seen;  // top-level zones without a socket number
   for (const auto& z : zones) {
     std::string domain;
     bool in_total = false;
@@ -119,7 +119,8 @@ RaplSource::RaplSource(const std::string& root) {
         const int n = psys_seen["psys"]++;
         domain = n == 0 ? "psys" : "psys:" + std::to_string(n);
       } else if (z.name == "dram") {
-        domain = "dram:0";  // some servers publish dram as a top-level zone
+        // Some servers publish dram as a top-level zone, one per socket, in socket order.
+        domain = "dram:" + std::to_string(psys_seen["dram"]++);
         in_total = true;
       } else {
         continue;  // an unknown zone kind: never guess where it belongs

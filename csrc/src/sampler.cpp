@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <stdexcept>
 
 #include "greenml/counter.hpp"
@@ -227,7 +228,8 @@ void* Sampler::thread_main(void* self) {
 }
 
 void Sampler::run() {
-  std::int64_t deadline = monotonic_ns() + period_ns_.load();
+  std::int64_t scheduled_period = period_ns_.load();
+  std::int64_t deadline = monotonic_ns() + scheduled_period;
   bool scheduled_paused = paused_.load();
   while (!stop_requested_.load(std::memory_order_relaxed)) {
     // Sleep in slices so stop() and resume() are answered promptly even when
@@ -238,6 +240,13 @@ void Sampler::run() {
       if (paused_.load(std::memory_order_relaxed) != scheduled_paused) {
         deadline = now;  // pause/resume changed the schedule: re-plan from now
         break;
+      }
+      if (const std::int64_t p = period_ns_.load(std::memory_order_relaxed);
+          !scheduled_paused && p != scheduled_period) {
+        // A new period applies to the tick being waited for, not only the one after it.
+        deadline += p - scheduled_period;
+        scheduled_period = p;
+        continue;
       }
       sleep_until(std::min(deadline, now + max_sleep_slice_ns));
     }
@@ -258,8 +267,9 @@ void Sampler::run() {
 
     // While paused, keep reading just often enough that no counter wrap can
     // hide between two reads, but push nothing.
+    scheduled_period = period_ns_.load();
     const std::int64_t period =
-        paused ? std::min(max_safe_period_ns_, paused_poll_cap_ns) : period_ns_.load();
+        paused ? std::min(max_safe_period_ns_, paused_poll_cap_ns) : scheduled_period;
     deadline += period;
     const std::int64_t done = monotonic_ns();
     if (done > deadline) {
@@ -306,10 +316,14 @@ std::vector<std::string> Sampler::warnings() const {
   std::vector<std::string> out;
   const std::int64_t period = period_ns_.load();
   if (period > max_safe_period_ns_) {
-    out.push_back("sampling period " + std::to_string(period / 1'000'000) +
-                  " ms is longer than " + std::to_string(max_safe_period_ns_ / 1'000'000) +
-                  " ms, the longest that sees every wrap of the RAPL energy counters: energy may "
-                  "be under-counted; lower GREENML_INTERVAL_MS");
+    char buf[256];
+    std::snprintf(buf, sizeof buf,
+                  "sampling period %.6g ms is longer than %.6g ms, the longest that sees every "
+                  "wrap of the RAPL energy counters: energy may be under-counted; lower "
+                  "GREENML_INTERVAL_MS",
+                  static_cast<double>(period) * 1e-6,
+                  static_cast<double>(max_safe_period_ns_) * 1e-6);
+    out.emplace_back(buf);
   }
   return out;
 }

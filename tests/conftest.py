@@ -1,0 +1,77 @@
+"""Shared fixtures: fake hardware (powercap tree, NVML library), samplers that
+are always stopped, and polling with a deadline instead of sleeping."""
+
+from __future__ import annotations
+
+import time
+from typing import Callable, List, Optional, TypeVar
+
+import pytest
+
+from fakes.nvml import FakeNvml
+from fakes.powercap import PowercapTree
+
+T = TypeVar("T")
+
+
+@pytest.fixture
+def powercap(tmp_path) -> PowercapTree:
+    """An empty fake powercap tree; add zones, pass ``str(powercap.root)``."""
+    return PowercapTree(tmp_path)
+
+
+@pytest.fixture
+def fake_nvml(tmp_path, monkeypatch) -> FakeNvml:
+    """A fake NVML machine with no devices yet, its FAKE_NVML_DIR set for this test only.
+
+    Pass ``str(fake_nvml.library_path)`` (a path, never the soname) as the library.
+    """
+    try:
+        fake = FakeNvml(tmp_path)
+    except FileNotFoundError as exc:  # no C compiler: the fake cannot be built here
+        pytest.skip(f"cannot build the fake libnvidia-ml: {exc}")
+    monkeypatch.setenv("FAKE_NVML_DIR", fake.env["FAKE_NVML_DIR"])
+    return fake
+
+
+@pytest.fixture
+def make_sampler(monkeypatch):
+    """Factory for ``_core.Sampler`` whose threads are stopped when the test ends.
+
+    Depends on ``monkeypatch`` so that the samplers stop *before* the
+    environment is restored: the fake NVML calls getenv() on the sampler
+    thread, and setenv/unsetenv racing getenv is undefined behaviour. A failing
+    test's traceback keeps its locals (and samplers) alive, hence the explicit
+    stop rather than relying on garbage collection.
+    """
+    from greenml import _core
+
+    made: List[_core.Sampler] = []
+
+    def make(sources, period_ns: int = 10_000_000, capacity: int = 1 << 16) -> _core.Sampler:
+        s = _core.Sampler(list(sources), period_ns, capacity)
+        made.append(s)
+        return s
+
+    yield make
+    for s in made:
+        s.stop()
+
+
+def _wait_until(predicate: Callable[[], T], timeout: float = 5.0, interval: float = 0.002,
+                message: Optional[str] = None) -> T:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(message or f"condition not met within {timeout} s: {predicate}")
+        time.sleep(interval)
+
+
+@pytest.fixture
+def wait_until() -> Callable[..., object]:
+    """``wait_until(predicate, timeout=5.0, interval=0.002, message=None)``."""
+    return _wait_until
