@@ -12,6 +12,7 @@
 
 #include <cerrno>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -158,6 +159,9 @@ class PowercapTree {
 // The child must not touch doctest: it reports through its exit code only.
 inline std::optional<int> run_as_nobody(const std::function<int()>& check) {
   if (::geteuid() != 0) return std::nullopt;
+  // Unflushed test output would otherwise be written twice (the child's
+  // sanitizer runtime may flush stdio at _exit).
+  std::fflush(nullptr);
   const pid_t pid = ::fork();
   if (pid < 0) return std::nullopt;
   if (pid == 0) {

@@ -203,7 +203,8 @@ TEST_CASE("rapl: one broken zone does not take the others down") {
   RaplSource src(tree.root());
   const auto v = read_by_domain(src);
   CHECK(v == std::map<std::string, std::uint64_t>{{"package:0", 100}, {"package:1", 200}});
-  const DomainStatus* dram = find_status(src.status(), "dram:0");
+  const auto st = src.status();  // by value: keep it alive while pointing into it
+  const DomainStatus* dram = find_status(st, "dram:0");
   REQUIRE(dram != nullptr);
   CHECK_FALSE(dram->available);
   CHECK(dram->reason.find("energy_uj") != std::string::npos);  // names the file

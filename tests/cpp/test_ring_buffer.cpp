@@ -19,17 +19,17 @@ namespace {
 // so the three CI configurations stay within a few seconds each.
 #if defined(__SANITIZE_THREAD__)
 constexpr bool kUnderSanitizer = true;
-constexpr std::uint64_t kStressSamples = 100'000;
+constexpr std::uint64_t kStressSamples = 200'000;
 #elif defined(__SANITIZE_ADDRESS__)
 constexpr bool kUnderSanitizer = true;
-constexpr std::uint64_t kStressSamples = 400'000;
+constexpr std::uint64_t kStressSamples = 1'000'000;
 #elif defined(__has_feature)
 #if __has_feature(thread_sanitizer)
 constexpr bool kUnderSanitizer = true;
-constexpr std::uint64_t kStressSamples = 100'000;
+constexpr std::uint64_t kStressSamples = 200'000;
 #elif __has_feature(address_sanitizer)
 constexpr bool kUnderSanitizer = true;
-constexpr std::uint64_t kStressSamples = 400'000;
+constexpr std::uint64_t kStressSamples = 1'000'000;
 #else
 constexpr bool kUnderSanitizer = false;
 constexpr std::uint64_t kStressSamples = 2'000'000;

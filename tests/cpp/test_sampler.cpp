@@ -9,6 +9,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <cstdio>
 #include <memory>
 #include <mutex>
 #include <stdexcept>
@@ -294,6 +295,14 @@ TEST_CASE("sampler: failed reads are counted per channel and do not corrupt the 
   st = s.stats();
   CHECK(st.failed_reads == 2);
   CHECK(st.failed_reads_per_channel == std::vector<std::uint64_t>{2, 0});
+
+  // The other channel's failures land in its own slot.
+  src->set_failing(1, true);
+  r = read_now(s);
+  CHECK(r.v[1] == 50);
+  st = s.stats();
+  CHECK(st.failed_reads == 3);
+  CHECK(st.failed_reads_per_channel == std::vector<std::uint64_t>{2, 1});
 }
 
 TEST_CASE("sampler: invalid arguments are refused") {
@@ -434,8 +443,10 @@ TEST_CASE("sampler: paused, it pushes nothing but keeps reading often enough to 
 
   for (std::uint64_t v : {100u, 800u, 300u}) {
     src->set(0, v);
-    // +2: the first read completing may have started before the set.
-    REQUIRE(src->wait_for_reads(src->reads() + 2));
+    // +2: the first read completing may have started before the set. At a
+    // 2 ms safe period two reads take ~4 ms; 500 ms means "not polling at
+    // some slower, fixed paused rate".
+    REQUIRE(src->wait_for_reads(src->reads() + 2, 500ms));
   }
   CHECK(s.ring().head() == head_paused);
   CHECK(s.stats().samples == samples_paused);
@@ -454,14 +465,17 @@ TEST_CASE("sampler: paused, it pushes nothing but keeps reading often enough to 
 }
 
 TEST_CASE("sampler: resume() brings samples back within a few periods") {
-  // No wrap limit: the paused thread may poll slowly, but resuming must not
-  // wait for that slow poll to come round.
-  auto src = std::make_shared<FakeSource>(std::vector<ChannelInfo>{counter_channel("package:0", 1000)});
+  // While paused the thread only polls at the wrap-safe period (200 ms here);
+  // resuming must not wait for that slow poll to come round.
+  auto src = std::make_shared<FakeSource>(std::vector<ChannelInfo>{counter_channel("package:0", 1000)},
+                                          200'000'000);
   Sampler s({src}, 1'000'000, 1024);  // 1 ms
   s.start();
   REQUIRE(src->wait_for_reads(src->reads() + 2));
   s.pause();
-  REQUIRE(src->wait_for_reads(src->reads() + 2, 5s));  // the thread has seen the pause
+  // Two reads after pause(): the second began after it, so the thread is now
+  // in its slow paused poll.
+  REQUIRE(src->wait_for_reads(src->reads() + 2));
   const auto samples = s.stats().samples;
   const auto t0 = std::chrono::steady_clock::now();
   s.resume();
@@ -470,7 +484,7 @@ TEST_CASE("sampler: resume() brings samples back within a few periods") {
   s.stop();
   CHECK(back);
   CHECK(s.stats().samples > samples);
-  CHECK(took < 0.25);
+  CHECK(took < 0.15);  // a slow poll left to run out would take ~200 ms
   MESSAGE("5 reads after resume() took " << took * 1e3 << " ms at a 1 ms period");
 }
 
@@ -560,6 +574,7 @@ TEST_CASE("sampler: start() in a forked child runs a fresh thread") {
   s.start();
   REQUIRE(src->wait_for_reads(src->reads() + 2));
 
+  std::fflush(nullptr);  // or the child could write buffered output again
   const pid_t pid = ::fork();
   REQUIRE(pid >= 0);
   if (pid == 0) {
