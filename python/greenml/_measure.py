@@ -14,7 +14,8 @@ import math
 import os
 import threading
 import weakref
-from typing import Any, Callable, Dict, List, Optional, TypeVar, Union, overload
+from time import monotonic_ns
+from typing import Any, Callable, Dict, Optional, TypeVar, Union, overload
 
 import numpy as np
 
@@ -22,11 +23,10 @@ from . import _carbon
 from ._meter import sync_cuda as _sync_cuda
 from ._records import RecordLog, new_run_id
 from ._runtime import Runtime, default_runtime
-from ._windows import Window, WindowResolver, close_window, open_window
+from ._windows import PendingWindows
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-_PENDING_MAX = 1024
 _live: "weakref.WeakSet[CallStats]" = weakref.WeakSet()
 
 
@@ -45,8 +45,8 @@ class CallStats:
         self._pue = pue
         _carbon.co2e_g(0.0, self._intensity, pue)
         self._lock = threading.Lock()
-        self._pending: List[Window] = []
-        self._pending_t0 = 0
+        self._pending: Optional[PendingWindows] = None
+        self._mask = np.zeros(0, dtype=bool)
         self._energies = np.empty(0)
         self._durations = np.empty(0)
         self._max = max_records
@@ -61,68 +61,57 @@ class CallStats:
     def runtime(self) -> Runtime:
         rt = self._rt
         if rt is None:
-            rt = self._rt = self._rt_getter()
-            rt.ensure_started()
-        return rt
-
-    def _add(self, w: Window) -> None:
-        with self._lock:
-            if not self._pending:
-                self._pending_t0 = w.t0_ns
-            self._pending.append(w)
-            full = len(self._pending) >= _PENDING_MAX
+            with self._lock:
+                if self._rt is None:
+                    rt = self._rt_getter()
+                    rt.ensure_started()
+                    self._pending = PendingWindows(rt, self._resolved)
+                    self._mask = np.array([c.in_total for c in rt.channels], dtype=bool)
+                    self._rt = rt
             rt = self._rt
-            old = rt is not None and (
-                w.t1_ns - self._pending_t0 > rt.sampler.capacity * rt.sampler.period_ns // 4
-            )
-        if full or old:
-            self.flush(final=False)
+        return rt
 
     def flush(self, final: bool = True) -> None:
         """Resolves pending calls (waiting for the last counter updates when ``final``)."""
-        with self._lock:
-            pending, self._pending = self._pending, []
-        if not pending or self._rt is None:
-            return
+        if self._pending is not None:
+            self._pending.flush(final=final)
+
+    def _resolved(self, t0: np.ndarray, t1: np.ndarray, res: Any) -> None:
         rt = self._rt
-        res = WindowResolver(rt).resolve(pending, settle=final)
-        ok = res.settled.all(axis=1)
-        done = len(pending) if final or ok.all() else int(np.argmin(ok))
-        if done < len(pending):
-            with self._lock:
-                self._pending = pending[done:] + self._pending
-                self._pending_t0 = self._pending[0].t0_ns
-        if done == 0:
-            return
-        mask = np.array([c.in_total for c in rt.channels], dtype=bool)
-        e = res.energy_j[:done][:, mask].sum(axis=1) if mask.any() else np.full(done, math.nan)
-        u = res.uncertainty_j[:done][:, mask].sum(axis=1) if mask.any() else np.full(done, math.nan)
-        d = np.array([(w.t1_ns - w.t0_ns) / 1e9 for w in pending[:done]])
+        assert rt is not None
+        mask = self._mask
+        n = t0.size
+        e = res.energy_j[:, mask].sum(axis=1) if mask.any() else np.full(n, math.nan)
+        u = res.uncertainty_j[:, mask].sum(axis=1) if mask.any() else np.full(n, math.nan)
+        d = (t1 - t0) / 1e9
         with self._lock:
-            self.calls += done
+            self.calls += n
             self.total_j += float(e.sum())
             self.total_s += float(d.sum())
             self.uncertainty_j += float(u.sum())
             room = max(0, self._max - self._energies.size)
-            self._energies = np.concatenate([self._energies, e[:room]])
-            self._durations = np.concatenate([self._durations, d[:room]])
+            if room:
+                self._energies = np.concatenate([self._energies, e[:room]])
+                self._durations = np.concatenate([self._durations, d[:room]])
         if self._log is not None:
             domains = [c.domain for c in rt.channels]
-            for k in range(done):
+            measured = {c.domain: c.measured for c in rt.channels}
+            settled = res.settled.all(axis=1)
+            for k in range(n):
                 energy = float(e[k])
+                ok = math.isfinite(energy)
                 self._log.write({
                     "type": "call",
                     "name": self.name,
                     "run_id": self._run_id,
                     "pid": os.getpid(),
                     "duration_s": float(d[k]),
-                    "energy_j": energy if math.isfinite(energy) else None,
-                    "uncertainty_j": float(u[k]) if math.isfinite(u[k]) else None,
+                    "energy_j": energy if ok else None,
+                    "uncertainty_j": float(u[k]) if ok else None,
                     "by_domain": {dom: float(res.energy_j[k, i]) for i, dom in enumerate(domains)},
-                    "measured": {c.domain: c.measured for c in rt.channels},
-                    "co2e_g": _carbon.co2e_g(energy, self._intensity, self._pue)
-                    if math.isfinite(energy) else None,
-                    "settled": bool(ok[k]) or final,
+                    "measured": measured,
+                    "co2e_g": _carbon.co2e_g(energy, self._intensity, self._pue) if ok else None,
+                    "settled": bool(settled[k]),
                 })
 
     @property
@@ -168,10 +157,11 @@ def _wrap(func: F, stats: CallStats) -> F:
 
         @functools.wraps(func)
         async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-            rt = stats.runtime()
+            rt = stats._rt or stats.runtime()
             if sync:
                 _sync_cuda()
-            w = open_window(rt, keep_start_row=False)
+            idx = rt.sampler.head - 1
+            t0 = monotonic_ns()
             try:
                 return await func(*args, **kwargs)
             except BaseException:
@@ -180,8 +170,7 @@ def _wrap(func: F, stats: CallStats) -> F:
             finally:
                 if sync:
                     _sync_cuda()
-                close_window(rt, w)
-                stats._add(w)
+                stats._pending.add(t0, monotonic_ns(), idx)  # type: ignore[union-attr]
 
         async_wrapper.energy = stats  # type: ignore[attr-defined]
         return async_wrapper  # type: ignore[return-value]
@@ -191,7 +180,8 @@ def _wrap(func: F, stats: CallStats) -> F:
         rt = stats._rt or stats.runtime()
         if sync:
             _sync_cuda()
-        w = open_window(rt, keep_start_row=False)
+        idx = rt.sampler.head - 1
+        t0 = monotonic_ns()
         try:
             return func(*args, **kwargs)
         except BaseException:
@@ -200,8 +190,7 @@ def _wrap(func: F, stats: CallStats) -> F:
         finally:
             if sync:
                 _sync_cuda()
-            close_window(rt, w)
-            stats._add(w)
+            stats._pending.add(t0, monotonic_ns(), idx)  # type: ignore[union-attr]
 
     wrapper.energy = stats  # type: ignore[attr-defined]
     return wrapper  # type: ignore[return-value]

@@ -258,16 +258,17 @@ class Meter:
         self._sync_cuda = sync_cuda
         self._settle = settle
         self._log = RecordLog(log) if log else None
-        self._run_id = new_run_id()
+        self._run_id_value: Optional[str] = None
         self._lock = threading.Lock()
         self._window: Optional[Window] = None
         self._t_start_unix: Optional[float] = None
         self._phase_windows: Dict[str, List[Window]] = {}
         self._phase_items: Dict[str, int] = {}
         self._phase_cache: Dict[str, Measurement] = {}
-        self._steps = StepStats(self._rt, max_records=max_step_records)
+        self._max_step_records = max_step_records
+        self._steps_value: Optional[StepStats] = None  # created on the first step()
         self._result: Optional[Measurement] = None
-        self._resolver = WindowResolver(self._rt)
+        self._resolver_value: Optional[WindowResolver] = None
         self._failed_at_start: Optional[List[int]] = None
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -282,7 +283,8 @@ class Meter:
         self._phase_cache.clear()
         self._t_start_unix = time.time()
         self._window = open_window(self._rt)
-        self._steps.begin(self._window.t0_ns)
+        if self._steps_value is not None:
+            self._steps_value.begin(self._window.t0_ns)
         return self
 
     def stop(self) -> "Meter":
@@ -294,7 +296,8 @@ class Meter:
         if self._sync_cuda:
             sync_cuda()
         close_window(self._rt, w)
-        self._steps.end(w.t1_ns)
+        if self._steps_value is not None:
+            self._steps_value.end(w.t1_ns)
         if self._trace_path is not None:
             write_trace(self.to_dataframe(), self._trace_path)
         if self._log is not None:
@@ -329,7 +332,32 @@ class Meter:
 
     def step(self) -> None:
         """Marks a step boundary (the end of one step and the start of the next)."""
-        self._steps.mark()
+        steps = self._steps_value
+        if steps is None:
+            steps = self._steps
+        steps.mark()
+
+    @property
+    def _steps(self) -> StepStats:
+        if self._steps_value is None:
+            steps = StepStats(self._rt, max_records=self._max_step_records)
+            w = self._window
+            if w is not None and w.t1_ns is None:
+                steps.begin(w.t0_ns)
+            self._steps_value = steps
+        return self._steps_value
+
+    @property
+    def _resolver(self) -> WindowResolver:
+        if self._resolver_value is None:
+            self._resolver_value = WindowResolver(self._rt)
+        return self._resolver_value
+
+    @property
+    def _run_id(self) -> str:
+        if self._run_id_value is None:
+            self._run_id_value = new_run_id()
+        return self._run_id_value
 
     # -- results ---------------------------------------------------------------------------
 
@@ -421,7 +449,9 @@ class Meter:
                     with self._lock:
                         if len(self._phase_windows[n]) == len(ws):
                             self._phase_cache[n] = meas
-        return {n: fresh.get(n) or self._phase_cache[n] for n in pending.keys() | self._phase_cache.keys()}
+        with self._lock:
+            order = list(self._phase_windows)  # the order the phases first ran in
+        return {n: fresh.get(n) or self._phase_cache[n] for n in order}
 
     @property
     def steps(self) -> StepStats:

@@ -92,7 +92,7 @@ def format_rows(rows: List[Dict[str, Any]], fmt: str = "table") -> str:
         import io
 
         buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=_COLUMNS, extrasaction="ignore")
+        w = csv.DictWriter(buf, fieldnames=_COLUMNS, extrasaction="ignore", lineterminator="\n")
         w.writeheader()
         for r in rows:
             w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in _COLUMNS})
@@ -100,7 +100,7 @@ def format_rows(rows: List[Dict[str, Any]], fmt: str = "table") -> str:
     cells = [[_cell(r.get(k)) for k in _COLUMNS] for r in rows]
     if fmt == "markdown":
         out = ["| " + " | ".join(_COLUMNS) + " |", "|" + "---|" * len(_COLUMNS)]
-        out += ["| " + " | ".join(c) + " |" for c in cells]
+        out += ["| " + " | ".join(v.replace("|", "\\|") for v in c) + " |" for c in cells]
         return "\n".join(out)
     if fmt != "table":
         raise GreenmlError(f"unknown format {fmt!r}: use table, csv, json or markdown")

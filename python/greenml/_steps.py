@@ -15,9 +15,8 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 from ._runtime import Runtime
-from ._windows import Window, WindowResolver
+from ._windows import PendingWindows
 
-_CHUNK = 4096
 
 
 class _Running:
@@ -62,76 +61,46 @@ class StepStats:
         if max_records < 1:
             raise ValueError("max_records must be >= 1")
         self._rt = rt
-        self._resolver = WindowResolver(rt)
         self._in_total = np.array([c.in_total for c in rt.channels], dtype=bool)
-        self._buf = np.empty(_CHUNK, dtype=np.int64)
-        self._n = 0
-        self._prev: Optional[int] = None  # end of the last resolved step
-        self._chunk_window: Optional[Window] = None
-        self._flush_after_ns = self._horizon_ns()
-        self._chunk_t0 = 0
+        self._pending = PendingWindows(rt, self._resolved)
+        self._prev: Optional[int] = None  # end of the last step (or the meter's start)
         self.energy = _Running()
         self.duration = _Running()
         self.uncertainty_j = 0.0
         self._max = max_records
         self._res_e = np.empty(0)
         self._res_d = np.empty(0)
-        self._rng = np.random.default_rng(seed)
-
-    def _horizon_ns(self) -> int:
-        s = self._rt.sampler
-        # Resolve well before the chunk's first samples can leave the ring.
-        return max(1, s.capacity * s.period_ns // 4)
+        self._seed = seed
+        self._rng: Optional[np.random.Generator] = None  # created when the reservoir is full
 
     def begin(self, t0_ns: int) -> None:
         self._prev = t0_ns
-        self._n = 0
-        self._start_chunk(t0_ns)
-
-    def _start_chunk(self, t_ns: int) -> None:
-        row = self._rt.sampler.latest()
-        self._chunk_window = Window(t_ns, row[0] if row is not None else 0, row)
-        self._chunk_t0 = t_ns
 
     def mark(self) -> None:
         t = time.monotonic_ns()
-        if self._prev is None:
+        prev = self._prev
+        if prev is None:
             return  # the meter is not running
-        self._buf[self._n] = t
-        self._n += 1
-        if self._n == _CHUNK or t - self._chunk_t0 > self._flush_after_ns:
-            self.flush()
+        self._pending.add(prev, t, self._rt.sampler.head - 1)
+        self._prev = t
 
     def end(self, t1_ns: int) -> None:
         """The meter stopped: the time after the last step() is not a step."""
-        self.flush(final=True)
         self._prev = None
 
     def flush(self, final: bool = False) -> None:
-        """Resolves buffered steps; unsettled ones wait for the next flush unless final."""
-        if self._n == 0 or self._prev is None or self._chunk_window is None:
-            return
-        ends = self._buf[: self._n].copy()
-        starts = np.empty_like(ends)
-        starts[0] = self._prev
-        starts[1:] = ends[:-1]
-        cw = self._chunk_window
-        windows = [Window(int(a), cw.idx0, cw.start_row, int(b)) for a, b in zip(starts, ends)]
-        res = self._resolver.resolve(windows, settle=final)
-        ok = res.settled.all(axis=1)
-        done = self._n if final or ok.all() else int(np.argmin(ok))
-        if done == 0:
-            return
-        e = res.energy_j[:done][:, self._in_total].sum(axis=1)
-        u = res.uncertainty_j[:done][:, self._in_total].sum(axis=1)
-        d = (ends[:done] - starts[:done]) / 1e9
-        self._record(e, d)
+        """Resolves buffered steps (waiting for the last counter updates when final)."""
+        self._pending.flush(final=final)
+
+    def _resolved(self, t0: np.ndarray, t1: np.ndarray, res: Any) -> None:
+        if self._in_total.any():
+            e = res.energy_j[:, self._in_total].sum(axis=1)
+            u = res.uncertainty_j[:, self._in_total].sum(axis=1)
+        else:  # nothing measurable: unknown, never 0 J
+            e = np.full(t0.size, np.nan)
+            u = np.full(t0.size, np.nan)
+        self._record(e, (t1 - t0) / 1e9)
         self.uncertainty_j += float(u.sum())
-        keep = self._n - done
-        self._buf[:keep] = self._buf[done : self._n]
-        self._prev = int(ends[done - 1])
-        self._n = keep
-        self._start_chunk(self._prev)
 
     def _record(self, e: np.ndarray, d: np.ndarray) -> None:
         seen = self.energy.n
@@ -145,6 +114,8 @@ class StepStats:
             self._res_d = np.concatenate([self._res_d, d[:room]])
         rest = np.arange(room, e.size)
         if rest.size:
+            if self._rng is None:
+                self._rng = np.random.default_rng(self._seed)
             positions = seen + rest  # 0-based index of each step in the whole run
             j = (self._rng.random(rest.size) * (positions + 1)).astype(np.int64)
             hit = j < self._max
@@ -191,7 +162,7 @@ class StepStats:
     def to_dict(self) -> Dict[str, Any]:
         if not self.count:
             return {"count": 0}
-        return {
+        d = {
             "count": self.count,
             "total_j": self.total_j,
             "mean_j": self.mean_j,
@@ -205,6 +176,8 @@ class StepStats:
             "uncertainty_j": self.uncertainty_j,
             "records_kept": int(self._res_e.size),
         }
+        # JSON has no NaN: unknown energies (nothing measurable) are written as null.
+        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}
 
     def __len__(self) -> int:
         return self.count

@@ -8,10 +8,12 @@ no I/O; energies are resolved later, in batches, from the samples around the win
 
 from __future__ import annotations
 
+import threading
 import time
 import warnings
+from array import array
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -25,6 +27,9 @@ _RAPL_MAX_UPDATE_NS = 2_000_000
 # A GPU energy counter updates every 20-100 ms; wait at most this long for the update that
 # covers a window's end when settling.
 _MAX_SETTLE_WAIT_NS = 250_000_000
+# A window whose end is this much older than the newest sample is final even if no counter
+# update followed it (a domain drawing no power never updates its counter).
+SETTLE_HORIZON_NS = 500_000_000
 
 
 # RAPL counters count in units of the hardware's energy unit (15.3-61 uJ), not of 1 uJ.
@@ -119,20 +124,18 @@ class WindowResolver:
             return None
         return _Samples(idx, t, e, p, lost_ranges=1 if lost else 0)
 
-    def _samples_for(self, windows: Sequence[Window], head: int) -> _Samples:
+    def _samples_for(
+        self, idx0: np.ndarray, idx1: np.ndarray, start_rows: Sequence[Any], head: int
+    ) -> _Samples:
         period = self.rt.sampler.period_ns
         # Samples on each side of an edge: enough to see a few GPU counter updates.
         k = int(min(512, max(8, 3 * 100_000_000 // max(period, 1))))
-        lo = min(w.idx0 for w in windows) - 1
+        lo = int(idx0.min()) - 1
         if head - lo <= _CONTIGUOUS_READ_MAX:
             ranges = [(lo, head)]
         else:
-            ranges = []
-            for w in windows:
-                ranges.append((w.idx0 - 1, w.idx0 + k))
-                end = w.idx1 if w.idx1 is not None else head
-                ranges.append((end - k, min(head, end + k)))
-            ranges.sort()
+            edges = np.concatenate([idx0 - 1, idx1 - k])
+            ranges = sorted((int(a), int(min(head, a + 2 * k))) for a in np.unique(edges))
             merged: List[Tuple[int, int]] = []
             for a, b in ranges:
                 if merged and a <= merged[-1][1]:
@@ -142,10 +145,9 @@ class WindowResolver:
             ranges = merged
         parts = [s for s in (self._read_range(a, b) for a, b in ranges) if s is not None]
         # Start rows copied when the windows opened stand in for samples the ring has lost.
-        rows = [w.start_row for w in windows if w.start_row is not None]
-        if rows:
+        if start_rows:
             have = set(np.concatenate([p.index for p in parts]).tolist()) if parts else set()
-            extra = [r for r in rows if r[0] not in have]
+            extra = [r for r in start_rows if r[0] not in have]
             if extra:
                 parts.append(
                     _Samples(
@@ -160,6 +162,8 @@ class WindowResolver:
             return _Samples(
                 np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, c)), np.zeros((0, c))
             )
+        if len(parts) == 1:
+            return parts[0]
         idx = np.concatenate([p.index for p in parts])
         order = np.argsort(idx, kind="stable")
         idx = idx[order]
@@ -175,34 +179,55 @@ class WindowResolver:
 
     # -- resolving -------------------------------------------------------------------------
 
+    def settle_lag_ns(self) -> int:
+        """How long after a window's end its last counter update can still arrive (ns)."""
+        slow = any(c.kind == "counter" and c.source == "nvml" for c in self.channels)
+        return 3 * self.rt.sampler.period_ns + (250_000_000 if slow else 25_000_000)
+
     def resolve(self, windows: Sequence[Window], settle: bool = False) -> Resolved:
-        """Energies of closed windows. Takes a synchronous reading when no sample follows the
-        latest window end yet; with ``settle``, waits (briefly) until each counter has updated
-        after every window end."""
-        n, c = len(windows), len(self.channels)
+        """Energies of closed windows; see :meth:`resolve_arrays`."""
+        return self.resolve_arrays(
+            np.array([w.t0_ns for w in windows], dtype=np.int64),
+            np.array([w.t1_ns for w in windows], dtype=np.int64),
+            np.array([w.idx0 for w in windows], dtype=np.int64),
+            np.array([w.idx1 if w.idx1 is not None else w.idx0 for w in windows], dtype=np.int64),
+            [w.start_row for w in windows if w.start_row is not None],
+            settle=settle,
+        )
+
+    def resolve_arrays(
+        self,
+        t0: np.ndarray,
+        t1: np.ndarray,
+        idx0: np.ndarray,
+        idx1: np.ndarray,
+        start_rows: Sequence[Any] = (),
+        settle: bool = False,
+    ) -> Resolved:
+        """Energies of closed windows ``[t0[i], t1[i]]`` (ns). Takes a synchronous reading when
+        no sample follows the latest window end yet; with ``settle``, waits (at most
+        _MAX_SETTLE_WAIT_NS) until each counter has updated after every window end."""
+        n, c = t0.size, len(self.channels)
         if n == 0 or c == 0:
             z = np.zeros((n, c))
             return Resolved(z, z.copy(), np.ones((n, c), bool), np.zeros((n, c), bool), np.zeros(c))
-        t_end = max(w.t1_ns for w in windows if w.t1_ns is not None)
+        t_end = int(t1.max())
         sampler = self.rt.sampler
         latest = sampler.latest()
         if latest is None or latest[1] <= t_end:
             sampler.read_now()
         deadline = time.monotonic_ns() + _MAX_SETTLE_WAIT_NS
         while True:
-            head = sampler.head
-            samples = self._samples_for(windows, head)
-            res = self._integrate(windows, samples)
+            samples = self._samples_for(idx0, idx1, start_rows, sampler.head)
+            res = self._integrate(t0, t1, samples)
             if not settle or res.settled.all() or time.monotonic_ns() >= deadline:
                 return res
             time.sleep(max(sampler.period_ns, 1_000_000) / 1e9)
             if not self.rt.is_running():
                 sampler.read_now()
 
-    def _integrate(self, windows: Sequence[Window], s: _Samples) -> Resolved:
-        n, c = len(windows), len(self.channels)
-        t0 = np.array([w.t0_ns for w in windows], dtype=np.int64)
-        t1 = np.array([w.t1_ns for w in windows], dtype=np.int64)
+    def _integrate(self, t0: np.ndarray, t1: np.ndarray, s: _Samples) -> Resolved:
+        n, c = t0.size, len(self.channels)
         energy = np.zeros((n, c))
         unc = np.zeros((n, c))
         settled = np.ones((n, c), dtype=bool)
@@ -213,8 +238,13 @@ class WindowResolver:
             unc[:] = np.nan
             settled[:] = False
             return Resolved(energy, unc, settled, short, peak)
-        # Windows cannot start before the first sample the trace holds.
+        # Windows cannot start before the first sample the trace holds (only possible when the
+        # ring lost a window's start and no start row was kept: its energy is then a lower bound).
         t0c = np.maximum(t0, s.t_ns[0])
+        t1c = np.maximum(t1, t0c)
+        # A counter that has not moved for SETTLE_HORIZON_NS after a window's end is not
+        # about to: every real counter updates within ~100 ms, so the window is final.
+        aged = (s.t_ns[-1] - t1c) > SETTLE_HORIZON_NS
         for i, ch in enumerate(self.channels):
             if ch.kind == "counter":
                 trace = _integrate.Trace.counter(
@@ -226,13 +256,80 @@ class WindowResolver:
             else:
                 trace = _integrate.Trace.power(s.t_ns, s.power_w[:, i], cum_j=s.energy_j[:, i])
             curve = _integrate.prepare(trace)
-            results = curve.windows(t0c, t1)
-            energy[:, i] = [r.energy_j for r in results]
-            unc[:, i] = [r.uncertainty_j for r in results]
-            settled[:, i] = [r.settled for r in results]
-            short[:, i] = [r.short_window for r in results]
+            r = curve.window_arrays(t0c, t1c)
+            energy[:, i] = r.energy_j
+            unc[:, i] = r.uncertainty_j
+            settled[:, i] = r.settled | aged
+            short[:, i] = r.short_window
             peak[i] = curve.peak_seen_w
         return Resolved(energy, unc, settled, short, peak)
+
+
+class PendingWindows:
+    """Closed windows waiting to be resolved, kept in compact arrays and resolved in batches
+    once the counter updates covering their ends have had time to arrive.
+
+    ``on_resolved(t0, t1, resolved)`` receives each batch, oldest first. Memory is bounded:
+    beyond ``max_pending`` windows the oldest are resolved as they are.
+    """
+
+    def __init__(
+        self,
+        rt: Runtime,
+        on_resolved: Callable[[np.ndarray, np.ndarray, Resolved], None],
+        batch: int = 1024,
+        max_pending: int = 65_536,
+    ) -> None:
+        self._rt = rt
+        self._resolver = WindowResolver(rt)
+        self._on_resolved = on_resolved
+        self._batch = batch
+        self._max = max_pending
+        self._lock = threading.Lock()
+        self._t0 = array("q")
+        self._t1 = array("q")
+        self._idx = array("q")
+        self._horizon_ns = max(1, rt.sampler.capacity * rt.sampler.period_ns // 4)
+
+    def __len__(self) -> int:
+        return len(self._t0)
+
+    def add(self, t0_ns: int, t1_ns: int, idx0: int) -> None:
+        self._t0.append(t0_ns)
+        self._t1.append(t1_ns)
+        self._idx.append(idx0)
+        n = len(self._t0)
+        if n >= self._batch and (n % self._batch == 0 or n >= self._max):
+            self.flush()
+        elif t1_ns - self._t0[0] > self._horizon_ns:
+            self.flush()  # the oldest window's samples would soon leave the ring
+
+    def flush(self, final: bool = False) -> None:
+        """Resolves the windows that are ready (all of them, waiting to settle, when final)."""
+        with self._lock:
+            n = len(self._t0)
+            if n == 0:
+                return
+            t1 = np.frombuffer(self._t1, dtype=np.int64, count=n).copy()
+            if final:
+                take = n
+            else:
+                latest = self._rt.sampler.latest()
+                newest = latest[1] if latest is not None else 0
+                ready = t1 < newest - self._resolver.settle_lag_ns()
+                take = n if ready.all() else int(np.argmin(ready))  # the ready prefix
+                take = max(take, n - self._max)  # bounded memory
+            if take <= 0:
+                return
+            t0 = np.frombuffer(self._t0, dtype=np.int64, count=n)[:take].copy()
+            idx = np.frombuffer(self._idx, dtype=np.int64, count=n)[:take].copy()
+            t1 = t1[:take]
+            del self._t0[:take], self._t1[:take], self._idx[:take]
+        head = self._rt.sampler.head
+        res = self._resolver.resolve_arrays(
+            t0, t1, idx, np.full(take, head, dtype=np.int64), settle=final
+        )
+        self._on_resolved(t0, t1, res)
 
 
 def warn_short_windows(channels: Sequence, res: Resolved, durations_s: np.ndarray) -> None:
@@ -267,6 +364,7 @@ __all__ = [
     "Resolved",
     "ShortWindowWarning",
     "Window",
+    "PendingWindows",
     "WindowResolver",
     "close_window",
     "open_window",

@@ -90,6 +90,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if shutil.which(cmd[0]) is None and not os.path.exists(cmd[0]):
         print(f"greenml run: {cmd[0]}: command not found", file=sys.stderr)
         return 127
+    # Every output is checked before the command runs: a bad path must not lose the result.
+    from ._meter import _check_trace_path
+
+    if args.trace:
+        _check_trace_path(args.trace)
+    log = RecordLog(args.log) if args.log else None
+    if args.json:
+        try:
+            with open(args.json, "a", encoding="utf-8"):
+                pass
+        except OSError as exc:
+            raise GreenmlError(
+                f"cannot write --json {args.json!r} ({exc.strerror}); pick a writable path"
+            ) from None
     rt = _runtime_from_args(args)
     baseline = None
     if args.idle:
@@ -106,7 +120,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except OSError as exc:
         m.stop()
         print(f"greenml run: cannot start {cmd[0]}: {exc.strerror}", file=sys.stderr)
-        return 127 if isinstance(exc, (FileNotFoundError, PermissionError)) else 126
+        return 127 if isinstance(exc, FileNotFoundError) else 126  # as a shell does
 
     forwarded: List[int] = []
 
@@ -132,14 +146,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
     result["command"] = cmd
     result["exit_code"] = code
     if args.trace:
-        write_trace(df, args.trace)
         result["trace"] = os.path.abspath(args.trace)
-    if args.log:
-        RecordLog(args.log).write(result)
+    if log is not None:
+        log.write(result)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(result, f, indent=2)
             f.write("\n")
+    if args.trace:
+        write_trace(df, args.trace)
     from ._report import describe_result
 
     print(describe_result(result, title=f"greenml run (exit {code})"), file=sys.stderr)
@@ -245,7 +260,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _short_warning(message: Any, category: Any, filename: str, lineno: int, line: Any = None) -> str:
+    return f"greenml: warning: {message}\n"
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    import warnings
+
+    warnings.formatwarning = _short_warning  # type: ignore[assignment]
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
