@@ -86,7 +86,7 @@ ColumnLayout make_layout(const std::vector<ChannelInfo>& channels) {
       l.power_column.push_back(-1);
       l.power_to_watts.push_back(0.0);
     } else {
-      l.energy_to_joules.push_back(1e-6);  // the integral is kept in microjoules
+      l.energy_to_joules.push_back(1e-9);  // the integral is kept in nanojoules
       l.power_column.push_back(static_cast<int>(next_power++));
       l.power_to_watts.push_back(ch.to_si);
     }
@@ -125,7 +125,7 @@ Sampler::Sampler(std::vector<std::shared_ptr<Source>> sources, std::int64_t peri
   ok_ = std::make_unique<bool[]>(c == 0 ? 1 : c);
   have_last_.assign(c, false);
   cumulative_.assign(c, 0);
-  integral_uj_.assign(c, 0.0);
+  integral_nj_.assign(c, 0.0);
   last_power_raw_.assign(c, 0);
   last_power_t_.assign(c, 0);
   row_.assign(layout_.width, 0);
@@ -170,7 +170,7 @@ void Sampler::sample_locked(bool push, std::int64_t* t_out, std::uint64_t* v_out
         // gap of failed reads is bridged linearly rather than dropped.
         const double mean_raw = 0.5 * (static_cast<double>(last_power_raw_[i]) +
                                        static_cast<double>(raw_[i]));
-        integral_uj_[i] += mean_raw * ch.to_si * static_cast<double>(t - last_power_t_[i]) * 1e-3;
+        integral_nj_[i] += mean_raw * ch.to_si * static_cast<double>(t - last_power_t_[i]);
       }
       last_power_raw_[i] = raw_[i];
       last_power_t_[i] = t;
@@ -179,7 +179,7 @@ void Sampler::sample_locked(bool push, std::int64_t* t_out, std::uint64_t* v_out
     if (ch.kind == ChannelKind::counter) {
       row_[i] = cumulative_[i];
     } else {
-      row_[i] = static_cast<std::uint64_t>(std::floor(integral_uj_[i]));
+      row_[i] = static_cast<std::uint64_t>(std::floor(integral_nj_[i]));
       row_[static_cast<std::size_t>(layout_.power_column[i])] = last_power_raw_[i];
     }
   }

@@ -72,6 +72,9 @@ _NEIGHBOURS = 3
 
 _NS_PER_S = 1e9
 
+#: The core keeps a power channel's running integral in whole nanojoules (see sampler.cpp).
+POWER_INTEGRAL_QUANTUM_J = 1e-9
+
 
 class WindowArrays(NamedTuple):
     """Results of many windows as parallel arrays (J, J, bool, bool)."""
@@ -507,7 +510,7 @@ class PowerCurve:
         dp = np.diff(p)
         trap = h * (p[1:] + p[:-1]) / 2.0
         dcum = np.diff(cum)
-        tol = 1e-6 * (np.abs(dcum) + np.abs(trap)) + 1e-9
+        tol = 1e-6 * (np.abs(dcum) + np.abs(trap)) + 4.0 * POWER_INTEGRAL_QUANTUM_J
         self._hole = np.abs(dcum - trap) > tol
         adp = np.abs(dp)
         neighbour = np.zeros_like(adp)
@@ -588,6 +591,7 @@ class PowerCurve:
             + self._piece_bound(ib, self._t[ib], b)
         )
         unc = np.where(ia == ib, self._piece_bound(ia, a, b), split) + _float_slack(ea, eb)
+        unc = unc + 2.0 * POWER_INTEGRAL_QUANTUM_J  # the core stores cum_j in whole quanta
         if self._average_s > 0:
             unc = unc + 2.0 * self._average_s / 8.0 * self.peak_bound_w
         empty = b_ns == a_ns

@@ -41,6 +41,10 @@ class CallStats:
         self._rt: Optional[Runtime] = None
         self._log = RecordLog(log) if log else None
         self._sync = sync_cuda
+        self._region = region
+        self._carbon_intensity = carbon_intensity
+        # Validated now (a bad option fails at decoration); resolved again, from the runtime's
+        # environment, once the runtime is known.
         self._intensity = _carbon.resolve_intensity(region, carbon_intensity)
         self._pue = pue
         _carbon.co2e_g(0.0, self._intensity, pue)
@@ -50,10 +54,10 @@ class CallStats:
         self._energies = np.empty(0)
         self._durations = np.empty(0)
         self._max = max_records
-        self.calls = 0
-        self.total_j = 0.0
-        self.total_s = 0.0
-        self.uncertainty_j = 0.0
+        self._calls = 0
+        self._total_j = 0.0
+        self._total_s = 0.0
+        self._uncertainty_j = 0.0
         self.errors = 0
         self._run_id = new_run_id()
         _live.add(self)
@@ -66,6 +70,10 @@ class CallStats:
                     rt = self._rt_getter()
                     rt.ensure_started()
                     self._pending = PendingWindows(rt, self._resolved)
+                    if rt.settings.env is not None:
+                        self._intensity = _carbon.resolve_intensity(
+                            self._region, self._carbon_intensity, env=rt.settings.env
+                        )
                     self._mask = np.array([c.in_total for c in rt.channels], dtype=bool)
                     self._rt = rt
             rt = self._rt
@@ -85,10 +93,10 @@ class CallStats:
         u = res.uncertainty_j[:, mask].sum(axis=1) if mask.any() else np.full(n, math.nan)
         d = (t1 - t0) / 1e9
         with self._lock:
-            self.calls += n
-            self.total_j += float(e.sum())
-            self.total_s += float(d.sum())
-            self.uncertainty_j += float(u.sum())
+            self._calls += n
+            self._total_j += float(e.sum())
+            self._total_s += float(d.sum())
+            self._uncertainty_j += float(u.sum())
             room = max(0, self._max - self._energies.size)
             if room:
                 self._energies = np.concatenate([self._energies, e[:room]])
@@ -113,6 +121,31 @@ class CallStats:
                     "co2e_g": _carbon.co2e_g(energy, self._intensity, self._pue) if ok else None,
                     "settled": bool(settled[k]),
                 })
+
+    # Reading a statistic resolves every pending call first, so it is always complete.
+    @property
+    def calls(self) -> int:
+        """Calls measured so far (those that raised included)."""
+        self.flush()
+        return self._calls
+
+    @property
+    def total_j(self) -> float:
+        """Energy of all calls (J), non-overlapping domains."""
+        self.flush()
+        return self._total_j
+
+    @property
+    def total_s(self) -> float:
+        """Wall time of all calls (s)."""
+        self.flush()
+        return self._total_s
+
+    @property
+    def uncertainty_j(self) -> float:
+        """Error bound on total_j (J)."""
+        self.flush()
+        return self._uncertainty_j
 
     @property
     def mean_j(self) -> float:

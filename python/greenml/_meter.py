@@ -284,7 +284,7 @@ class Meter:
         self._t_start_unix = time.time()
         self._window = open_window(self._rt)
         if self._steps_value is not None:
-            self._steps_value.begin(self._window.t0_ns)
+            self._steps_value.begin(self._window.t0_ns, self._window.idx0)
         return self
 
     def stop(self) -> "Meter":
@@ -343,7 +343,7 @@ class Meter:
             steps = StepStats(self._rt, max_records=self._max_step_records)
             w = self._window
             if w is not None and w.t1_ns is None:
-                steps.begin(w.t0_ns)
+                steps.begin(w.t0_ns, w.idx0)
             self._steps_value = steps
         return self._steps_value
 

@@ -64,6 +64,7 @@ class StepStats:
         self._in_total = np.array([c.in_total for c in rt.channels], dtype=bool)
         self._pending = PendingWindows(rt, self._resolved)
         self._prev: Optional[int] = None  # end of the last step (or the meter's start)
+        self._prev_idx = 0  # ring index of a sample at or before self._prev
         self.energy = _Running()
         self.duration = _Running()
         self.uncertainty_j = 0.0
@@ -73,16 +74,20 @@ class StepStats:
         self._seed = seed
         self._rng: Optional[np.random.Generator] = None  # created when the reservoir is full
 
-    def begin(self, t0_ns: int) -> None:
+    def begin(self, t0_ns: int, idx0: int) -> None:
+        """The meter started at ``t0_ns``; ``idx0`` is the ring index of a sample before it."""
         self._prev = t0_ns
+        self._prev_idx = idx0
 
     def mark(self) -> None:
+        idx = self._rt.sampler.head - 1  # a sample before t: the next step's start index
         t = time.monotonic_ns()
         prev = self._prev
         if prev is None:
             return  # the meter is not running
-        self._pending.add(prev, t, self._rt.sampler.head - 1)
+        self._pending.add(prev, t, self._prev_idx)
         self._prev = t
+        self._prev_idx = idx
 
     def end(self, t1_ns: int) -> None:
         """The meter stopped: the time after the last step() is not a step."""

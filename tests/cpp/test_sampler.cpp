@@ -157,9 +157,9 @@ TEST_CASE("sampler: the column layout puts energies first and raw powers after")
   CHECK(l.width == 5);
   CHECK(l.power_column == std::vector<int>{3, -1, 4});
   REQUIRE(l.energy_to_joules.size() == 3);
-  CHECK(l.energy_to_joules[0] == doctest::Approx(1e-6));  // integral kept in uJ
+  CHECK(l.energy_to_joules[0] == doctest::Approx(1e-9));  // integral kept in nJ
   CHECK(l.energy_to_joules[1] == doctest::Approx(1e-6));  // the counter's own unit
-  CHECK(l.energy_to_joules[2] == doctest::Approx(1e-6));
+  CHECK(l.energy_to_joules[2] == doctest::Approx(1e-9));
   REQUIRE(l.power_to_watts.size() == 3);
   CHECK(l.power_to_watts[0] == doctest::Approx(1e-3));
   CHECK(l.power_to_watts[1] == 0.0);
@@ -189,7 +189,7 @@ TEST_CASE("sampler: read_now unwraps a counter across several wraps and integrat
   CHECK(r0.index == 0);
   CHECK(r0.t == 1'000'000'000);
   CHECK(r0.v[0] == 200);
-  CHECK(r0.v[1] == 2'000'000);
+  CHECK(r0.v[1] == 2'000'000'000);
   CHECK(r0.v[2] == 3000);
 
   clock.set(2'000'000'000);
@@ -197,7 +197,7 @@ TEST_CASE("sampler: read_now unwraps a counter across several wraps and integrat
   Row r1 = read_now(s);
   CHECK(r1.index == 1);
   CHECK(r1.v[0] == 1050);
-  CHECK(r1.v[1] == 5'000'000);
+  CHECK(r1.v[1] == 5'000'000'000);
   CHECK(r1.v[2] == 3000);
 
   clock.set(2'500'000'000);
@@ -206,7 +206,7 @@ TEST_CASE("sampler: read_now unwraps a counter across several wraps and integrat
   Row r2 = read_now(s);
   CHECK(r2.index == 2);
   CHECK(r2.v[0] == 1150);
-  CHECK(r2.v[1] == 5'750'000);
+  CHECK(r2.v[1] == 5'750'000'000);
   CHECK(r2.v[2] == 0);
 
   // read_now pushed each sample: later readers see the same rows.
@@ -220,7 +220,7 @@ TEST_CASE("sampler: read_now unwraps a counter across several wraps and integrat
   CHECK(v[0] == 200);
   CHECK(v[3] == 1050);
   CHECK(v[6] == 1150);
-  CHECK(v[7] == 5'750'000);
+  CHECK(v[7] == 5'750'000'000);
 
   const auto st = s.stats();
   CHECK(st.manual_samples == 3);
@@ -262,7 +262,7 @@ TEST_CASE("sampler: channels of several sources sit side by side in source order
   const Row r = read_now(s);
   CHECK(r.v[0] == 5);
   CHECK(r.v[1] == 7);
-  CHECK(r.v[2] == 1'000'000);  // 2 W for 0.5 s
+  CHECK(r.v[2] == 1'000'000'000);  // 2 W for 0.5 s, in nJ
   CHECK(r.v[3] == 2000);
 }
 

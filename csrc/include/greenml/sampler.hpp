@@ -20,7 +20,8 @@ namespace greenml {
 // Ring column layout for C channels, P of them power channels:
 //   column i < C: cumulative energy of channel i as an integer in
 //     energy_unit (counters: the unwrapped counter in its raw unit;
-//     power channels: the running trapezoid integral, in microjoules);
+//     power channels: the running trapezoid integral, in nanojoules: uint64
+//     holds 18 GJ, ~5 MWh);
 //   column C + j: the raw power reading (mW) of the j-th power channel.
 struct ColumnLayout {
   std::vector<double> energy_to_joules;   // per channel
@@ -107,7 +108,7 @@ class Sampler {
   std::unique_ptr<bool[]> ok_;
   std::vector<bool> have_last_;
   std::vector<std::uint64_t> cumulative_;   // unwrapped counters, raw unit
-  std::vector<double> integral_uj_;         // power channels
+  std::vector<double> integral_nj_;         // power channels, nanojoules
   std::vector<std::uint64_t> last_power_raw_;
   std::vector<std::int64_t> last_power_t_;
   std::int64_t last_t_ns_ = 0;

@@ -1,0 +1,494 @@
+"""``greenml.meter`` end to end on fake RAPL hardware with known truth (fakes/truth.py):
+nesting, overlap, threads, exceptions, phases, steps, live results, carbon, idle baseline,
+and machines with nothing to measure."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import greenml
+from greenml import _windows
+from greenml import ConfigError, GreenmlError, NothingMeasuredWarning
+
+from fakes.truth import (
+    RaplWriter,
+    Runtimes,
+    meter_window_ns,
+    phase_windows_ns,
+    poll_until,
+    rapl_tree,
+    warm_up,
+)
+
+PKG = (40.0, 15.0, 3.0)  # base_w, amp_w, freq_hz
+DRAM = (6.0, 2.0, 7.0)
+PEAK_W = PKG[0] + PKG[1] + DRAM[0] + DRAM[1]
+ZONES = {"package:0": "intel-rapl:0", "dram:0": "intel-rapl:0:0"}
+
+
+@pytest.fixture(autouse=True)
+def _short_window_warnings_fresh():
+    # ShortWindowWarning is issued once per domain per process; tests here expect none.
+    _windows._warned_short.clear()
+    yield
+    _windows._warned_short.clear()
+
+
+@pytest.fixture
+def runtimes(monkeypatch):
+    r = Runtimes()
+    yield r.make
+    r.stop_all()
+
+
+@pytest.fixture
+def writer(tmp_path):
+    root = rapl_tree(tmp_path)
+    with RaplWriter(root, {"intel-rapl:0": PKG, "intel-rapl:0:0": DRAM}) as w:
+        yield w
+
+
+@pytest.fixture
+def rt(writer, runtimes):
+    r = runtimes(powercap_root=writer.root, sources={"rapl"}, interval_ms=1.0)
+    warm_up(r, seconds=0.02)
+    return r
+
+
+def _truth(writer, t0: int, t1: int) -> dict:
+    return {d: writer.true_energy_j(z, t0, t1) for d, z in ZONES.items()}
+
+
+def _assert_matches_truth(writer, m, what: str = "meter") -> None:
+    """Every domain and the total of a stopped meter equal the truth within uncertainty."""
+    r = m.result()
+    t0, t1 = meter_window_ns(m)
+    true = _truth(writer, t0, t1)
+    for d, e in true.items():
+        assert abs(r.by_domain[d] - e) <= r.uncertainty_by_domain[d], (
+            f"{what} {d}: {r.by_domain[d]:.6f} J vs truth {e:.6f} J "
+            f"(+/- {r.uncertainty_by_domain[d]:.6f} J)"
+        )
+    assert abs(r.energy_j - sum(true.values())) <= r.uncertainty_j
+    assert r.duration_s == pytest.approx((t1 - t0) / 1e9)
+
+
+# ------------------------------------------------------------------- nesting, overlap, threads
+
+
+def test_given_nested_and_overlapping_meters_when_stopped_then_each_equals_its_own_truth(
+    writer, rt
+):
+    # Given/When: an outer meter, one nested inside, one overlapping the outer's end
+    with greenml.meter("outer", runtime=rt) as outer:
+        time.sleep(0.03)
+        with greenml.meter("inner", runtime=rt) as inner:
+            time.sleep(0.05)
+        overlap = greenml.meter("overlap", runtime=rt).start()
+        time.sleep(0.04)
+    time.sleep(0.03)
+    overlap.stop()
+
+    # Then
+    for m in (outer, inner, overlap):
+        _assert_matches_truth(writer, m, m.name)
+    assert inner.energy_j < outer.energy_j
+    o0, o1 = meter_window_ns(outer)
+    i0, i1 = meter_window_ns(inner)
+    v0, v1 = meter_window_ns(overlap)
+    assert o0 < i0 < i1 < v0 < o1 < v1
+
+
+def test_given_meters_in_several_threads_when_sharing_a_runtime_then_each_equals_its_truth(
+    writer, rt
+):
+    # Given: 6 threads, each running 5 meters of 5-40 ms on the one runtime
+    errors: list = []
+    meters: list = []
+    lock = threading.Lock()
+    start = threading.Barrier(6)
+
+    def worker(seed: int) -> None:
+        rnd = random.Random(seed)
+        try:
+            start.wait(timeout=10)
+            for k in range(5):
+                with greenml.meter(f"t{seed}-{k}", runtime=rt) as m:
+                    time.sleep(rnd.uniform(0.005, 0.04))
+                _ = m.energy_j  # resolve from this thread
+                with lock:
+                    meters.append(m)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            with lock:
+                errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+
+    # Then: no thread failed, every meter equals its truth within its uncertainty
+    assert not any(t.is_alive() for t in threads)
+    assert not errors, errors
+    assert len(meters) == 30
+    for m in meters:
+        _assert_matches_truth(writer, m, m.name)
+
+
+def test_given_many_meters_when_open_then_sampler_does_not_sample_more(writer, rt):
+    sampler = rt.sampler
+    period_s = sampler.period_ns / 1e9
+
+    def run(n_meters: int, seconds: float) -> tuple:
+        s0 = sampler.stats()
+        h0, t0 = sampler.head, time.monotonic()
+        ms = [greenml.meter(runtime=rt).start() for _ in range(n_meters)]
+        poll_until(lambda: time.monotonic() - t0 >= seconds, what="meters open long enough")
+        for m in ms:
+            m.stop()
+        elapsed = time.monotonic() - t0
+        s1 = sampler.stats()
+        return (sampler.head - h0, s1["samples"] - s0["samples"],
+                s1["manual_samples"] - s0["manual_samples"], elapsed, ms)
+
+    # Given/When: one meter open for 0.15 s, then 400 meters open for 0.15 s
+    for n in (1, 400):
+        head_delta, thread_samples, manual, elapsed, ms = run(n, 0.15)
+
+        # Then: opening and stopping meters read nothing; the thread kept its own grid
+        assert manual == 0, f"{n} meters: {manual} synchronous reads"
+        assert head_delta == thread_samples
+        assert 0 < thread_samples <= elapsed / period_s + 2, (n, thread_samples, elapsed)
+    for m in ms[::50]:  # and the 400 still measure
+        _assert_matches_truth(writer, m)
+
+
+def test_given_exception_inside_meter_when_raised_then_reraised_and_result_complete(writer, rt):
+    # Given/When
+    with pytest.raises(RuntimeError, match="boom"):
+        with greenml.meter("failing", runtime=rt) as m:
+            time.sleep(0.05)
+            raise RuntimeError("boom")
+
+    # Then: the meter stopped and holds a complete, settled result
+    assert not m.running
+    r = m.result()
+    assert r.settled
+    assert r.duration_s >= 0.05
+    assert math.isfinite(r.energy_j) and r.energy_j > 0
+    _assert_matches_truth(writer, m)
+
+
+# ------------------------------------------------------------------- phases and steps
+
+
+def test_given_nested_and_repeated_phases_when_read_then_repeats_accumulate(writer, rt):
+    # Given/When
+    with greenml.meter("run", runtime=rt) as m:
+        for _ in range(3):
+            with m.phase("train"):
+                time.sleep(0.02)
+                with m.phase("forward"):
+                    time.sleep(0.01)
+        with m.phase("infer", items=100):
+            time.sleep(0.02)
+        with m.phase("infer", items=50):
+            time.sleep(0.02)
+
+    # Then: count and duration sum per name, energy equals the truth summed over the repeats
+    ph = m.phases
+    assert set(ph) == {"train", "forward", "infer"}
+    assert (ph["train"].count, ph["forward"].count, ph["infer"].count) == (3, 3, 2)
+    for name, p in ph.items():
+        windows = phase_windows_ns(m, name)
+        assert len(windows) == p.count
+        assert p.duration_s == pytest.approx(sum(b - a for a, b in windows) / 1e9)
+        truth = sum(sum(_truth(writer, a, b).values()) for a, b in windows)
+        assert abs(p.energy_j - truth) <= p.uncertainty_j, (name, p.energy_j, truth)
+        assert p.settled
+    assert ph["train"].duration_s >= 0.09
+    assert ph["forward"].energy_j < ph["train"].energy_j
+    assert ph["infer"].items == 150
+    assert ph["infer"].energy_per_item_j == pytest.approx(ph["infer"].energy_j / 150)
+    assert ph["train"].energy_per_item_j is None
+    top = ph["train"].energy_j + ph["infer"].energy_j
+    assert top <= m.energy_j + m.uncertainty_j
+
+
+def test_given_steps_in_a_phase_when_read_then_count_and_totals_agree_with_phase_and_truth(
+    writer, rt
+):
+    # Given/When: 25 steps of ~4 ms inside the only phase
+    n = 25
+    with greenml.meter(runtime=rt) as m:
+        with m.phase("train"):
+            for _ in range(n):
+                time.sleep(0.004)
+                m.step()
+
+    # Then: counts and statistics are consistent
+    s = m.steps
+    assert s.count == n == len(s)
+    kept, durations = s.energies_j, s.durations_s
+    assert kept.size == durations.size == n
+    assert s.total_j == pytest.approx(float(kept.sum()))
+    assert s.mean_j == pytest.approx(s.total_j / n)
+    assert s.percentile_j(50) == pytest.approx(float(np.percentile(kept, 50)))
+    assert durations.min() >= 0.004
+    assert s.mean_duration_s == pytest.approx(float(durations.mean()))
+    # each step equals its own truth (steps are contiguous from the meter's start; a step's
+    # own bound is at most the sum of all of them)
+    t0, _ = meter_window_ns(m)
+    edges = t0 + np.round(np.concatenate(([0.0], np.cumsum(durations))) * 1e9).astype(np.int64)
+    truths = np.array([sum(_truth(writer, int(a), int(b)).values())
+                       for a, b in zip(edges[:-1], edges[1:])])
+    worst = int(np.argmax(np.abs(kept - truths)))
+    assert abs(kept[worst] - truths[worst]) <= s.uncertainty_j, (
+        f"step {worst}: {kept[worst]:.5f} J vs truth {truths[worst]:.5f} J "
+        f"(all steps' bounds sum to {s.uncertainty_j:.5f} J)")
+    # the steps telescope: their sum is the truth from the meter's start to the last step()
+    truth = float(truths.sum())
+    assert abs(s.total_j - truth) <= s.uncertainty_j, (s.total_j, truth, s.uncertainty_j)
+    # ... which is the phase up to a few microseconds at either end
+    phase = m.phases["train"]
+    (p0, p1), = phase_windows_ns(m, "train")
+    gap_s = (abs(p0 - t0) + abs(p1 - int(edges[-1]))) / 1e9
+    assert abs(s.total_j - phase.energy_j) <= (s.uncertainty_j + phase.uncertainty_j
+                                               + PEAK_W * gap_s)
+    d = s.to_dict()
+    assert d["count"] == n and d["records_kept"] == n
+
+
+# Regression tests: in ca88dcd, StepStats._start_chunk took sampler.latest() after the chunk's
+# first step had begun, so both of these raised ConfigError or lost ~90 % of the step energy.
+def test_given_fast_steps_across_chunk_flushes_when_stepping_then_no_error_and_totals_hold(
+    writer, rt
+):
+    # Given/When: 3 chunks' worth of sub-microsecond steps (each flush of 4096 steps takes
+    # longer than the 1 ms sample period), then the meter stops
+    n = 3 * 4096 + 100
+    with greenml.meter(runtime=rt) as m:
+        for _ in range(n):
+            m.step()
+
+    # Then: no error, and the steps add up to the energy from the meter's start to the last
+    # step() (contiguous windows telescope, up to the edge uncertainty of every batch boundary:
+    # a few percent at most; the ca88dcd bug lost ~90 %)
+    s = m.steps
+    assert s.count == n
+    t0, _ = meter_window_ns(m)
+    truth = sum(_truth(writer, t0, t0 + int(round(s.duration.total * 1e9))).values())
+    tolerance = 0.05 * truth + m.uncertainty_j
+    assert abs(s.total_j - truth) <= tolerance, (s.total_j, truth, tolerance)
+
+
+def test_given_live_step_reads_when_stepping_then_step_totals_still_equal_truth(writer, rt):
+    # Given/When: 4 rounds of 1000 quick steps, the live statistics read after each round
+    # (as a progress log would; resolving 1000 steps outlasts the 1 ms sample period)
+    rounds, per_round = 4, 1000
+    with greenml.meter(runtime=rt) as m:
+        for k in range(rounds):
+            for _ in range(per_round):
+                m.step()
+            assert m.steps.count <= (k + 1) * per_round
+    # Then: the steps add up to the truth from the meter's start to the last step() (see above)
+    s = m.steps
+    assert s.count == rounds * per_round
+    t0, _ = meter_window_ns(m)
+    truth = sum(_truth(writer, t0, t0 + int(round(s.duration.total * 1e9))).values())
+    tolerance = 0.05 * truth + m.uncertainty_j
+    assert abs(s.total_j - truth) <= tolerance, (s.total_j, truth, tolerance)
+
+
+def test_given_steps_longer_than_a_sample_period_when_resolved_then_each_equals_its_truth(
+    writer, rt
+):
+    # Given/When: 4 steps of ~50 ms, sampled every 1 ms
+    with greenml.meter(runtime=rt) as m:
+        for _ in range(4):
+            time.sleep(0.05)
+            m.step()
+
+    # Then: every step carries its own energy (~2.3 J each here)
+    s = m.steps
+    t0, _ = meter_window_ns(m)
+    edges = t0 + np.round(np.concatenate(([0.0], np.cumsum(s.durations_s))) * 1e9).astype(np.int64)
+    truths = [sum(_truth(writer, int(a), int(b)).values()) for a, b in zip(edges[:-1], edges[1:])]
+    for k, (e, truth) in enumerate(zip(s.energies_j, truths)):
+        assert abs(e - truth) <= s.uncertainty_j, f"step {k}: {e:.4f} J vs truth {truth:.4f} J"
+
+
+def test_given_ten_million_steps_when_stepping_then_memory_stays_bounded(writer, runtimes):
+    # Given: the default 10 ms sampling over the fake RAPL counters
+    rt = runtimes(powercap_root=writer.root, sources={"rapl"}, interval_ms=10.0)
+    n = 10_000_000
+    keep = 10_000
+
+    def rss_bytes() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    # When
+    with greenml.meter(runtime=rt, max_step_records=keep) as m:
+        step = m.step
+        for _ in range(200_000):  # warm up: reservoir full, pending arrays at their size
+            step()
+        before = rss_bytes()
+        t = time.perf_counter()
+        for _ in range(n - 200_000):
+            step()
+        elapsed = time.perf_counter() - t
+        grown = rss_bytes() - before
+
+    # Then: exact count, bounded reservoir, no memory growth with the step count
+    s = m.steps
+    print(f"\n{n} step() calls: {elapsed / (n - 200_000) * 1e6:.2f} us per call "
+          f"(amortised over the batch resolutions), RSS grew {grown / 1e6:.1f} MB; "
+          f"steps total {s.total_j:.3f} J vs meter {m.energy_j:.3f} J")
+    assert s.count == n
+    assert s.energies_j.size == keep and s.durations_s.size == keep
+    assert grown < 16e6  # 10M timestamps alone would be 80 MB
+    assert s.total_j > 0
+
+
+# ------------------------------------------------------------------- live results, export
+
+
+def test_given_running_meter_when_read_live_then_fields_grow_and_export(writer, rt):
+    with greenml.meter("live", runtime=rt) as m:
+        with m.phase("warm"):
+            time.sleep(0.02)
+        # When: read while running
+        assert m.running
+        e1, d1 = m.energy_j, m.duration_s
+        assert e1 > 0 and d1 > 0.02
+        assert set(m.by_domain) == {"package:0", "dram:0"}
+        assert m.measured == {"package:0": True, "dram:0": True}
+        r = m.result()
+        assert r.mean_power_w == pytest.approx(r.energy_j / r.duration_s)
+        assert r.duration_s >= d1 and r.energy_j >= e1
+        assert m.phases["warm"].count == 1
+        poll_until(lambda: m.energy_j > e1 + 0.05, timeout_s=5, what="live energy growing")
+        assert m.duration_s > d1
+        live = m.to_dict()
+        json.dumps(live, allow_nan=False)
+        assert live["type"] == "meter" and live["name"] == "live"
+
+    # Then: final results are stable and exportable
+    final = m.to_dict()
+    assert json.loads(json.dumps(final, allow_nan=False)) == final
+    assert final["energy_j"] == pytest.approx(m.energy_j)
+    assert set(final["phases"]) == {"warm"}
+    assert final["measured"] == {"package:0": True, "dram:0": True}
+    assert final["in_total"] == {"package:0": True, "dram:0": True}
+    df = m.to_dataframe()
+    assert list(df.columns) == ["t_s", "package:0_w", "dram:0_w"]
+    assert len(df) >= 10
+    assert df["t_s"].is_monotonic_increasing
+    p = df["package:0_w"].dropna()
+    assert p.median() == pytest.approx(PKG[0], rel=0.5)
+
+
+# ------------------------------------------------------------------- carbon
+
+
+def test_given_region_intensity_and_pue_when_metering_then_co2e_follows_the_formula(writer, rt):
+    with greenml.meter(runtime=rt, region="FR", carbon_intensity=100, pue=1.5) as m:
+        time.sleep(0.02)
+    assert m.co2e_g == pytest.approx(m.energy_j / 3.6e6 * 100 * 1.5, rel=1e-12)
+    assert m.to_dict()["carbon"]["gco2e_per_kwh"] == 100
+    assert m.to_dict()["carbon"]["pue"] == 1.5
+
+    with greenml.meter(runtime=rt, region="FR") as fr:
+        time.sleep(0.02)
+    intensity = fr.result().intensity
+    assert intensity.gco2e_per_kwh > 0
+    assert fr.co2e_g == pytest.approx(fr.energy_j / 3.6e6 * intensity.gco2e_per_kwh, rel=1e-12)
+
+
+def test_given_unknown_region_when_creating_meter_then_config_error(rt):
+    with pytest.raises(ConfigError, match="XQ"):
+        greenml.meter(runtime=rt, region="XQ")
+
+
+# ------------------------------------------------------------------- idle baseline
+
+
+def test_given_constant_power_when_measuring_idle_baseline_then_zone_power_and_net_zero(
+    tmp_path, runtimes
+):
+    root = rapl_tree(tmp_path)
+    with RaplWriter(root, {"intel-rapl:0": (30.0, 0.0, 0.0), "intel-rapl:0:0": (3.0, 0.0, 0.0)}):
+        rt = runtimes(powercap_root=root, sources={"rapl"}, interval_ms=1.0)
+
+        # Given: no baseline yet -> subtract_idle is refused
+        with pytest.raises(GreenmlError, match="idle_baseline"):
+            greenml.meter(runtime=rt, subtract_idle=True)
+
+        # When
+        b = greenml.idle_baseline(seconds=0.5, runtime=rt)
+
+        # Then
+        assert b.power_w["package:0"] == pytest.approx(30.0, rel=0.02)
+        assert b.power_w["dram:0"] == pytest.approx(3.0, rel=0.02)
+        assert b.total_power_w == pytest.approx(33.0, rel=0.02)
+        assert rt.baseline is b
+        with greenml.meter(runtime=rt, subtract_idle=True) as m:
+            time.sleep(0.1)
+        r = m.result()
+        assert r.net_energy_j is not None
+        assert abs(r.net_energy_j) <= r.uncertainty_j + 0.02 * r.energy_j, (r.net_energy_j,
+                                                                             r.energy_j)
+        assert m.to_dict()["idle_power_w"] == b.power_w
+
+
+# ------------------------------------------------------------------- nothing to measure
+
+
+def test_given_no_counters_when_metering_then_nan_and_nothing_measured_warning(tmp_path,
+                                                                              runtimes):
+    (tmp_path / "empty").mkdir()
+    rt = runtimes(powercap_root=tmp_path / "empty", sources={"rapl"}, interval_ms=10.0)
+    assert rt.channels == []
+
+    with greenml.meter(runtime=rt) as m:
+        time.sleep(0.01)
+
+    with pytest.warns(NothingMeasuredWarning, match="greenml sensors"):
+        energy = m.energy_j
+    assert math.isnan(energy)
+    r = m.result()  # the final result is kept: warned once
+    assert r.by_domain == {} and r.measured == {}
+    assert math.isnan(r.co2e_g) and math.isnan(r.uncertainty_j) and math.isnan(r.mean_power_w)
+    d = m.to_dict()
+    assert d["energy_j"] is None and d["co2e_g"] is None
+    json.dumps(d, allow_nan=False)
+
+
+def test_given_model_source_and_tdp_when_metering_then_cpu_estimated_not_measured(tmp_path,
+                                                                                  runtimes):
+    (tmp_path / "empty").mkdir()
+    rt = runtimes(powercap_root=tmp_path / "empty", sources={"rapl", "model"}, interval_ms=10.0,
+                  env={"GREENML_CPU_TDP_W": "100"})
+    assert [(c.domain, c.measured) for c in rt.channels] == [("cpu:estimated", False)]
+
+    with greenml.meter(runtime=rt) as m:
+        deadline = time.monotonic() + 0.1
+        while time.monotonic() < deadline:  # keep a CPU busy
+            pass
+
+    assert m.measured == {"cpu:estimated": False}
+    assert m.result().estimated_domains == ["cpu:estimated"]
+    assert math.isfinite(m.energy_j) and m.energy_j >= 0
+    # 100 W x utilisation, never more than 100 W over the window (plus a jiffy of slack)
+    assert m.energy_j <= 100.0 * (m.duration_s + 0.05)
+    assert m.to_dict()["estimated_domains"] == ["cpu:estimated"]
