@@ -450,6 +450,9 @@ class CounterCurve:
         energy = est1 - est0
         low = lo1 - up0
         high = up1 - lo0
+        # Bounds built from a slope limit estimated on too few intervals can cross; the bound
+        # must never be negative, so take the interval they span either way.
+        low, high = np.minimum(low, high), np.maximum(low, high)
         unc = np.maximum(energy - low, high - energy) + _float_slack(est0, est1)
         empty = b_ns == a_ns
         energy = np.where(empty, 0.0, energy)

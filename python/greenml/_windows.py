@@ -22,6 +22,8 @@ from ._runtime import Runtime
 
 # Whole-range reads up to this many samples; beyond it only the samples around each edge.
 _CONTIGUOUS_READ_MAX = 20_000
+# History read before each window start: more than the slowest GPU counter's update period.
+_HISTORY_NS = 300_000_000
 # Staleness bound of RAPL counters: they update about every 1 ms.
 _RAPL_MAX_UPDATE_NS = 2_000_000
 # A GPU energy counter updates every 20-100 ms; wait at most this long for the update that
@@ -127,15 +129,20 @@ class WindowResolver:
     def _samples_for(
         self, idx0: np.ndarray, idx1: np.ndarray, start_rows: Sequence[Any], head: int
     ) -> _Samples:
-        period = self.rt.sampler.period_ns
-        # Samples on each side of an edge: enough to see a few GPU counter updates.
-        k = int(min(512, max(8, 3 * 100_000_000 // max(period, 1))))
-        lo = int(idx0.min()) - 1
+        period = max(self.rt.sampler.period_ns, 1)
+        # Samples on each side of an edge: enough to see a few GPU counter updates (they come
+        # every 20-100 ms), and history before each start so that a slow counter has an
+        # update before the window to interpolate from.
+        k = int(min(1024, max(8, 3 * 100_000_000 // period)))
+        history = int(min(1024, _HISTORY_NS // period + 2))
+        lo = max(0, int(idx0.min()) - 1 - history, head - self.rt.sampler.capacity)
         if head - lo <= _CONTIGUOUS_READ_MAX:
             ranges = [(lo, head)]
         else:
-            edges = np.concatenate([idx0 - 1, idx1 - k])
-            ranges = sorted((int(a), int(min(head, a + 2 * k))) for a in np.unique(edges))
+            edges = np.concatenate([idx0 - 1 - history, idx1 - k])
+            ranges = sorted(
+                (int(a), int(min(head, a + history + 2 * k))) for a in np.unique(edges)
+            )
             merged: List[Tuple[int, int]] = []
             for a, b in ranges:
                 if merged and a <= merged[-1][1]:
