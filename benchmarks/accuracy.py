@@ -41,14 +41,12 @@ within 15 %, coverage 100 %.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import math
 import os
 import platform
 import random
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -57,11 +55,13 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 REPO = Path(__file__).resolve().parent.parent
-if str(REPO / "tests") not in sys.path:
-    sys.path.insert(0, str(REPO / "tests"))  # fakes.*
+for _dir in (REPO / "tests", REPO / "benchmarks"):  # fakes.*, _machine
+    if str(_dir) not in sys.path:
+        sys.path.insert(0, str(_dir))
 
 import greenml  # noqa: E402
 from greenml import ShortWindowWarning  # noqa: E402
+from _machine import command_line, cpu_model, loadavg, uptime_line, utc_now  # noqa: E402
 from fakes.nvml import NOT_SUPPORTED, FakeNvml  # noqa: E402
 from fakes.truth import (  # noqa: E402
     RaplWriter,
@@ -130,31 +130,10 @@ def reported_power_energy_j(profile: Profile, t0_ns: int, a_ns: int, b_ns: int) 
 # ------------------------------------------------------------------------------ machine
 
 
-def loadavg() -> List[float]:
-    with open("/proc/loadavg") as f:
-        return [float(x) for x in f.read().split()[:3]]
-
-
-def uptime_line() -> str:
-    try:
-        return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
-    except OSError:
-        return f"loadavg {loadavg()}"
-
-
 def machine_info() -> Dict[str, Any]:
-    model = platform.processor() or "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
     return {
         "uname": " ".join(platform.uname()),
-        "cpu": model,
+        "cpu": cpu_model(),
         "nproc": os.cpu_count(),
         "python": platform.python_version(),
         "greenml": getattr(greenml, "__version__", "?"),
@@ -462,9 +441,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     rng = random.Random(args.seed)
     meta: Dict[str, Any] = {
-        "command": "python benchmarks/accuracy.py " + " ".join(argv if argv is not None
-                                                              else sys.argv[1:]),
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
+        "command": command_line("accuracy.py", argv),
+        "date": utc_now(),
         "machine": machine_info(),
         "uptime_before": uptime_line(),
         "loadavg_before": loadavg(),

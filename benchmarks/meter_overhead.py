@@ -35,12 +35,9 @@ decorator < 5 µs (medians).
 from __future__ import annotations
 
 import argparse
-import datetime
 import gc
 import json
 import os
-import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -51,10 +48,12 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
-if str(REPO / "tests") not in sys.path:
-    sys.path.insert(0, str(REPO / "tests"))  # fakes.*
+for _dir in (REPO / "tests", REPO / "benchmarks"):  # fakes.*, _machine
+    if str(_dir) not in sys.path:
+        sys.path.insert(0, str(_dir))
 
 import greenml  # noqa: E402
+from _machine import loadavg, run_header, uptime_line  # noqa: E402
 from fakes.truth import RaplWriter, make_runtime, rapl_tree, warm_up  # noqa: E402
 
 ZONES = {"intel-rapl:0": (60.0, 40.0, 3.0), "intel-rapl:0:0": (12.0, 8.0, 17.0)}
@@ -71,18 +70,6 @@ LABELS = {
     "phase_enter_exit": "`with m.phase(\"p\"): pass` in a running meter",
     "result_first_read": "first `m.result()` of a 1 ms meter (resolve + settle wait)",
 }
-
-
-def loadavg() -> List[float]:
-    with open("/proc/loadavg") as f:
-        return [float(x) for x in f.read().split()[:3]]
-
-
-def uptime_line() -> str:
-    try:
-        return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
-    except OSError:
-        return f"loadavg {loadavg()}"
 
 
 def timer_floor_ns(n: int = 200_000) -> float:
@@ -300,12 +287,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     meta: Dict[str, Any] = {
-        "command": "python benchmarks/meter_overhead.py " + " ".join(
-            argv if argv is not None else sys.argv[1:]),
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
-        "uname": " ".join(platform.uname()),
-        "nproc": os.cpu_count(),
-        "python": platform.python_version(),
+        **run_header("meter_overhead.py", argv),
         "greenml": getattr(greenml, "__version__", "?"),
         "greenml_path": str(Path(greenml.__file__).parent),
         "uptime_before": uptime_line(),

@@ -36,7 +36,6 @@ to ``--out``.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import platform
@@ -51,9 +50,12 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
-if str(REPO / "tests") not in sys.path:
-    sys.path.insert(0, str(REPO / "tests"))  # for fakes.nvml (the fake libnvidia-ml helper)
+# tests/: fakes.nvml (the fake libnvidia-ml helper); benchmarks/: _machine
+for _dir in (REPO / "tests", REPO / "benchmarks"):
+    if str(_dir) not in sys.path:
+        sys.path.insert(0, str(_dir))
 
+from _machine import cpu_jiffies, cpu_model, loadavg, uname_a, utc_now  # noqa: E402
 from fakes.nvml import FakeNvml  # noqa: E402
 from greenml import _core  # noqa: E402
 
@@ -147,22 +149,6 @@ class Fixture:
 # --------------------------------------------------------------------- machine state
 
 
-def read_loadavg() -> List[float]:
-    with open("/proc/loadavg") as f:
-        return [float(x) for x in f.read().split()[:3]]
-
-
-def read_cpu_jiffies() -> Tuple[int, int, int]:
-    """(busy, total, steal) jiffies of the whole machine from /proc/stat."""
-    with open("/proc/stat") as f:
-        fields = [int(x) for x in f.readline().split()[1:]]
-    # user nice system idle iowait irq softirq steal guest guest_nice
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
-    steal = fields[7] if len(fields) > 7 else 0
-    total = sum(fields[:8])
-    return total - idle - steal, total, steal
-
-
 def wait_for_quiet(below_pct: float, timeout_s: float, window_s: float = 1.0,
                    windows: int = 3) -> Tuple[float, bool]:
     """Waits until the machine is busy under below_pct% for `windows` windows in a row.
@@ -174,9 +160,9 @@ def wait_for_quiet(below_pct: float, timeout_s: float, window_s: float = 1.0,
     t0 = time.monotonic()
     quiet = 0
     while True:
-        a = read_cpu_jiffies()
+        a = cpu_jiffies()
         time.sleep(window_s)
-        b = read_cpu_jiffies()
+        b = cpu_jiffies()
         busy = 100.0 * (b[0] - a[0]) / max(1, b[1] - a[1])
         quiet = quiet + 1 if busy < below_pct else 0
         waited = time.monotonic() - t0
@@ -184,25 +170,6 @@ def wait_for_quiet(below_pct: float, timeout_s: float, window_s: float = 1.0,
             return waited, True
         if waited >= timeout_s:
             return waited, False
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def uname_a() -> str:
-    try:
-        return subprocess.run(["uname", "-a"], capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return " ".join(platform.uname())
 
 
 def thread_ids() -> set:
@@ -251,11 +218,11 @@ def run_rate(fx: Fixture, which: str, rate_hz: int, seconds: float) -> Dict[str,
         sch_a = thread_sched(tid)
         head_a = sampler.head
         t_a = _core.monotonic_ns()
-        cpu_a = read_cpu_jiffies()
+        cpu_a = cpu_jiffies()
 
         time.sleep(seconds)
 
-        cpu_b = read_cpu_jiffies()
+        cpu_b = cpu_jiffies()
         t_b = _core.monotonic_ns()
         head_b = sampler.head
         sch_b = thread_sched(tid)
@@ -664,7 +631,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = ap.parse_args(argv)
 
     meta = {
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
+        "date": utc_now(),
         "uname": uname_a(),
         "cpu_model": cpu_model(),
         "nproc": os.cpu_count(),
@@ -677,7 +644,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "quiet_below_pct": args.quiet_below,
         "command": " ".join(["python", *sys.argv]) if argv is None else
                    " ".join(["python", "benchmarks/sampler_overhead.py", *argv]),
-        "loadavg_before": read_loadavg(),
+        "loadavg_before": loadavg(),
     }
     try:
         meta["clocksource"] = Path(
@@ -730,7 +697,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"timing read() of {args.bulk} samples ...", file=sys.stderr, flush=True)
         bulk = {**time_bulk_read(fx, "rapl+nvml", args.bulk, args.repeats), **pre}
 
-    meta["loadavg_after"] = read_loadavg()
+    meta["loadavg_after"] = loadavg()
     results: Dict[str, Any] = {
         "meta": meta,
         "targets_pct_of_core": {str(k): v for k, v in TARGETS_PCT.items()},

@@ -35,12 +35,9 @@ separately. Target: slowdown under 0.5 % at 100 Hz.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import math
 import os
-import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -50,12 +47,14 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
-if str(REPO / "tests") not in sys.path:
-    sys.path.insert(0, str(REPO / "tests"))  # fakes.*
+for _dir in (REPO / "tests", REPO / "benchmarks"):  # fakes.*, _machine
+    if str(_dir) not in sys.path:
+        sys.path.insert(0, str(_dir))
 
 import torch  # noqa: E402
 
 import greenml  # noqa: E402
+from _machine import cpu_jiffies, loadavg, run_header, uptime_line  # noqa: E402
 from fakes.truth import RaplWriter, make_runtime, rapl_tree  # noqa: E402
 
 ZONES = {"intel-rapl:0": (60.0, 40.0, 3.0), "intel-rapl:0:0": (12.0, 8.0, 17.0)}
@@ -69,25 +68,10 @@ TARGET_PCT = {"100Hz": 0.5}
 # ------------------------------------------------------------------------------ machine
 
 
-def loadavg() -> List[float]:
-    with open("/proc/loadavg") as f:
-        return [float(x) for x in f.read().split()[:3]]
-
-
-def uptime_line() -> str:
-    try:
-        return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
-    except OSError:
-        return f"loadavg {loadavg()}"
-
-
 def machine_jiffies() -> Tuple[int, int]:
-    """(busy, total) jiffies of the whole machine (all CPUs)."""
-    with open("/proc/stat") as f:
-        fields = [int(x) for x in f.readline().split()[1:]]
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
-    total = sum(fields[:8])
-    return total - idle, total
+    """(busy, total) jiffies of the whole machine (all CPUs); busy counts steal as busy."""
+    busy, total, steal = cpu_jiffies()
+    return busy + steal, total
 
 
 # ------------------------------------------------------------------------------ workload
@@ -451,12 +435,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     torch.set_num_threads(1)
     wl = Workload(args.batches, args.batch_size, args.epochs)
     meta: Dict[str, Any] = {
-        "command": "python benchmarks/training_overhead.py " + " ".join(
-            argv if argv is not None else sys.argv[1:]),
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
-        "uname": " ".join(platform.uname()),
-        "nproc": os.cpu_count(),
-        "python": platform.python_version(),
+        **run_header("training_overhead.py", argv),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "greenml": getattr(greenml, "__version__", "?"),

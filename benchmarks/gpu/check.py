@@ -144,19 +144,19 @@ class Nvml:
             return f"error {rc}"
         return self._errstr(ctypes.c_int(rc)).decode(errors="replace")
 
-    def name(self, i: int) -> str:
+    def _string(self, fn: str, i: int) -> str:
+        """A device string from NVML function ``fn`` (a 96-byte buffer), or "?"."""
         buf = ctypes.create_string_buffer(96)
-        f = getattr(self.lib, "nvmlDeviceGetName", None)
+        f = getattr(self.lib, fn, None)
         if f is None or f(self.handles[i], buf, ctypes.c_uint(96)) != NVML_SUCCESS:
             return "?"
         return buf.value.decode(errors="replace")
 
+    def name(self, i: int) -> str:
+        return self._string("nvmlDeviceGetName", i)
+
     def uuid(self, i: int) -> str:
-        buf = ctypes.create_string_buffer(96)
-        f = getattr(self.lib, "nvmlDeviceGetUUID", None)
-        if f is None or f(self.handles[i], buf, ctypes.c_uint(96)) != NVML_SUCCESS:
-            return "?"
-        return buf.value.decode(errors="replace")
+        return self._string("nvmlDeviceGetUUID", i)
 
     def power_limit_w(self, i: int) -> Optional[float]:
         f = getattr(self.lib, "nvmlDeviceGetEnforcedPowerLimit", None)

@@ -45,6 +45,19 @@ static nvmlReturn_t check(nvmlDevice_t d) {
   return d == NULL ? INVALID_ARGUMENT : OK;
 }
 
+/* The checks of a device query: NVML initialised, a device, somewhere to write the answer. */
+static nvmlReturn_t check_out(nvmlDevice_t d, const void* out) {
+  nvmlReturn_t rc = check(d);
+  if (rc != OK) return rc;
+  return out == NULL ? INVALID_ARGUMENT : OK;
+}
+
+static nvmlReturn_t put_uint(nvmlDevice_t d, unsigned int* out, unsigned int value) {
+  nvmlReturn_t rc = check_out(d, out);
+  if (rc == OK) *out = value;
+  return rc;
+}
+
 static nvmlReturn_t put_string(const char* s, char* out, unsigned int length) {
   if (out == NULL) return INVALID_ARGUMENT;
   if (strlen(s) + 1 > length) return INSUFFICIENT_SIZE;
@@ -52,13 +65,12 @@ static nvmlReturn_t put_string(const char* s, char* out, unsigned int length) {
   return OK;
 }
 
+/* value is evaluated only once the device is known good (it may read d->index). */
 #define PUT_UINT(fn, value)                                        \
   SHIM_EXPORT nvmlReturn_t fn(nvmlDevice_t d, unsigned int* out) { \
-    nvmlReturn_t rc = check(d);                                    \
-    if (rc != OK) return rc;                                       \
-    if (out == NULL) return INVALID_ARGUMENT;                      \
-    *out = (value);                                                \
-    return OK;                                                     \
+    nvmlReturn_t rc = check_out(d, out);                           \
+    if (rc == OK) *out = (value);                                  \
+    return rc;                                                     \
   }
 
 SHIM_EXPORT nvmlReturn_t nvmlInitWithFlags(unsigned int flags) {
@@ -99,30 +111,22 @@ PUT_UINT(nvmlDeviceGetPerformanceState, 0u)
 SHIM_EXPORT nvmlReturn_t nvmlDeviceGetPowerManagementLimitConstraints(nvmlDevice_t d,
                                                                       unsigned int* min_mw,
                                                                       unsigned int* max_mw) {
-  nvmlReturn_t rc = check(d);
+  nvmlReturn_t rc = check_out(d, min_mw);
   if (rc != OK) return rc;
-  if (min_mw == NULL || max_mw == NULL) return INVALID_ARGUMENT;
+  if (max_mw == NULL) return INVALID_ARGUMENT;
   *min_mw = 200000u;
   *max_mw = 700000u;
   return OK;
 }
 
 SHIM_EXPORT nvmlReturn_t nvmlDeviceGetTemperature(nvmlDevice_t d, int sensor, unsigned int* t) {
-  nvmlReturn_t rc = check(d);
   (void)sensor;
-  if (rc != OK) return rc;
-  if (t == NULL) return INVALID_ARGUMENT;
-  *t = 40u;
-  return OK;
+  return put_uint(d, t, 40u);
 }
 
 SHIM_EXPORT nvmlReturn_t nvmlDeviceGetClockInfo(nvmlDevice_t d, int type, unsigned int* mhz) {
-  nvmlReturn_t rc = check(d);
   (void)type;
-  if (rc != OK) return rc;
-  if (mhz == NULL) return INVALID_ARGUMENT;
-  *mhz = 1755u;
-  return OK;
+  return put_uint(d, mhz, 1755u);
 }
 SHIM_EXPORT nvmlReturn_t nvmlDeviceGetMaxClockInfo(nvmlDevice_t d, int type, unsigned int* mhz) {
   return nvmlDeviceGetClockInfo(d, type, mhz);
@@ -130,9 +134,9 @@ SHIM_EXPORT nvmlReturn_t nvmlDeviceGetMaxClockInfo(nvmlDevice_t d, int type, uns
 
 SHIM_EXPORT nvmlReturn_t nvmlDeviceGetCudaComputeCapability(nvmlDevice_t d, int* major,
                                                             int* minor) {
-  nvmlReturn_t rc = check(d);
+  nvmlReturn_t rc = check_out(d, major);
   if (rc != OK) return rc;
-  if (major == NULL || minor == NULL) return INVALID_ARGUMENT;
+  if (minor == NULL) return INVALID_ARGUMENT;
   *major = 9;
   *minor = 0;
   return OK;
@@ -143,9 +147,8 @@ typedef struct {
   unsigned long long total, free, used;
 } shim_memory_t;
 SHIM_EXPORT nvmlReturn_t nvmlDeviceGetMemoryInfo(nvmlDevice_t d, shim_memory_t* m) {
-  nvmlReturn_t rc = check(d);
+  nvmlReturn_t rc = check_out(d, m);
   if (rc != OK) return rc;
-  if (m == NULL) return INVALID_ARGUMENT;
   m->total = 80ULL << 30;
   m->used = 1ULL << 30;
   m->free = m->total - m->used;
@@ -157,9 +160,8 @@ typedef struct {
   unsigned long long total, reserved, free, used;
 } shim_memory_v2_t;
 SHIM_EXPORT nvmlReturn_t nvmlDeviceGetMemoryInfo_v2(nvmlDevice_t d, shim_memory_v2_t* m) {
-  nvmlReturn_t rc = check(d);
+  nvmlReturn_t rc = check_out(d, m);
   if (rc != OK) return rc;
-  if (m == NULL) return INVALID_ARGUMENT;
   m->total = 80ULL << 30;
   m->reserved = 0;
   m->used = 1ULL << 30;
@@ -172,9 +174,8 @@ typedef struct {
   unsigned int gpu, memory;
 } shim_utilization_t;
 SHIM_EXPORT nvmlReturn_t nvmlDeviceGetUtilizationRates(nvmlDevice_t d, shim_utilization_t* u) {
-  nvmlReturn_t rc = check(d);
+  nvmlReturn_t rc = check_out(d, u);
   if (rc != OK) return rc;
-  if (u == NULL) return INVALID_ARGUMENT;
   u->gpu = 100;
   u->memory = 50;
   return OK;
@@ -183,12 +184,8 @@ SHIM_EXPORT nvmlReturn_t nvmlDeviceGetUtilizationRates(nvmlDevice_t d, shim_util
 /* No processes on the fake device: count 0, success. */
 #define NO_PROCESSES(fn)                                                          \
   SHIM_EXPORT nvmlReturn_t fn(nvmlDevice_t d, unsigned int* count, void* infos) { \
-    nvmlReturn_t rc = check(d);                                                   \
     (void)infos;                                                                  \
-    if (rc != OK) return rc;                                                      \
-    if (count == NULL) return INVALID_ARGUMENT;                                   \
-    *count = 0;                                                                   \
-    return OK;                                                                    \
+    return put_uint(d, count, 0u);                                                \
   }
 NO_PROCESSES(nvmlDeviceGetComputeRunningProcesses)
 NO_PROCESSES(nvmlDeviceGetComputeRunningProcesses_v2)

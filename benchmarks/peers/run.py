@@ -40,12 +40,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(HERE.parent))  # benchmarks/: _machine
 
+from _machine import cpu_model_name  # noqa: E402
 from fakes.nvml import FakeNvml, profile_true_energy_j  # noqa: E402
 from fakes.truth import DEFAULT_RANGE_UJ, RaplWriter  # noqa: E402
 
@@ -80,7 +82,8 @@ FULL = {"windows": [[0.01, 20], [0.1, 20], [1.0, 20], [10.0, 3]], "overhead_s": 
 QUICK = {"windows": [[0.01, 10], [0.1, 10], [1.0, 5]], "overhead_s": 5.0}
 
 CLASSES = ("package", "gpu", "dram")
-CLASS_LABELS = {"package": "CPU package", "gpu": "GPU", "dram": "DRAM"}
+CLASS_LABELS = {"package": "CPU package", "cpu+dram": "CPU package + DRAM", "gpu": "GPU",
+                "dram": "DRAM"}
 
 # ------------------------------------------------------------------------------ installs
 
@@ -341,17 +344,9 @@ def run_probe(tool: str, python: Path, cfg_path: Path, work: Path, tree: Path, e
 
 
 def machine_info() -> dict:
-    cpu = ""
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     return {
         "uname": " ".join(os.uname()),
-        "cpu": cpu,
+        "cpu": cpu_model_name() or "",
         "nproc": os.cpu_count(),
         "python_runner": sys.version.split()[0],
     }
@@ -555,6 +550,49 @@ def _num(x: Optional[float], digits: int = 0) -> str:
     return f"{x:,.{digits}f}"
 
 
+def _ok_tools(doc: dict, tools: List[str]) -> List[Tuple[str, dict]]:
+    """(tool, result) of the tools whose run succeeded, in the order of ``tools``."""
+    return [(t, doc["tools"][t]) for t in tools if doc["tools"].get(t, {}).get("status") == "ok"]
+
+
+def _abs_err_cell(v: Optional[dict]) -> str:
+    """Median / worst |relative error| of one window length, and windows that read 0 or none."""
+    if not v:
+        return "-"
+    c = f"{_pct(v['median_abs_rel_err'])} / {_pct(v['worst_abs_rel_err'])}"
+    if v["zero_readings"]:
+        c += f" ({v['zero_readings']}/{v['n']} zero)"
+    if v["n_reported"] < v["n"]:
+        c += f" ({v['n'] - v['n_reported']}/{v['n']} none)"
+    return c
+
+
+def _bias_cell(v: Optional[dict]) -> str:
+    """Signed median relative error of one window length."""
+    s: Any = v and v["median_rel_err"]
+    return "-" if s is None else f"{100 * s:+.2g}%" if abs(s) < 0.01 else f"{100 * s:+.1f}%"
+
+
+def _accuracy_table(doc: dict, tools: List[str], L: List[str], lab: Dict[str, str],
+                    classes: Tuple[str, ...], cell: Callable[[Optional[dict]], str]) -> List[str]:
+    """Markdown lines of a tool x domain table with a column per window length: a row for each
+    successful tool and each of ``classes`` it reports, ``cell`` of that length's summary."""
+    rows = ["| tool | domain | " + " | ".join(lab.get(x, x + " s") for x in L) + " |",
+            "|" + "---|" * (2 + len(L))]
+    for t, r in _ok_tools(doc, tools):
+        acc = r["summary"]["accuracy"]
+        for cls in classes:
+            if cls not in acc:
+                continue
+            if cls == "dram" and cls in r.get("estimated", {}):
+                name = "RAM (its power model, not RAPL)"
+            else:
+                name = CLASS_LABELS[cls]
+            rows.append(f"| {LABELS[t]} | {name} | "
+                        + " | ".join(cell(acc[cls].get(x)) for x in L) + " |")
+    return rows
+
+
 TOOL_NOTES = {
     "greenml": "10 ms native sampler thread over RAPL + NVML (its defaults); a window is "
                "resolved from ring samples around its edges, reading `by_domain` waits for the "
@@ -589,7 +627,7 @@ TOOL_NOTES = {
 
 def highlights(doc: dict, tools: List[str], L: List[str], lab: Dict[str, str]) -> List[str]:
     """Who has the lowest median error per domain and window length, and the lowest costs."""
-    ok = [t for t in tools if doc["tools"].get(t, {}).get("status") == "ok"]
+    ok = [t for t, _ in _ok_tools(doc, tools)]
     out: List[str] = []
     for cls, name in (("package", "CPU package"), ("gpu", "GPU")):
         parts = []
@@ -691,55 +729,11 @@ def render_md(doc: dict, tools: List[str], lengths: List[float]) -> str:
         w(f"- {line}")
     w("")
     w("## Accuracy: |relative error| per window, median / worst\n")
-    head = "| tool | domain | " + " | ".join(lab.get(x, x + " s") for x in L) + " |"
-    w(head)
-    w("|" + "---|" * (2 + len(L)))
-    for t in tools:
-        r = doc["tools"].get(t, {})
-        if r.get("status") != "ok":
-            continue
-        acc = r["summary"]["accuracy"]
-        for cls in ("package", "cpu+dram", "gpu", "dram"):
-            if cls not in acc:
-                continue
-            if cls == "dram" and cls in r.get("estimated", {}):
-                name = "RAM (its power model, not RAPL)"
-            else:
-                name = {"package": "CPU package", "cpu+dram": "CPU package + DRAM",
-                        "gpu": "GPU", "dram": "DRAM"}[cls]
-            cells = []
-            for x in L:
-                v = acc[cls].get(x)
-                if not v:
-                    cells.append("-")
-                    continue
-                c = f"{_pct(v['median_abs_rel_err'])} / {_pct(v['worst_abs_rel_err'])}"
-                if v["zero_readings"]:
-                    c += f" ({v['zero_readings']}/{v['n']} zero)"
-                if v["n_reported"] < v["n"]:
-                    c += f" ({v['n'] - v['n_reported']}/{v['n']} none)"
-                cells.append(c)
-            w(f"| {LABELS[t]} | {name} | " + " | ".join(cells) + " |")
+    out.extend(_accuracy_table(doc, tools, L, lab, ("package", "cpu+dram", "gpu", "dram"),
+                               _abs_err_cell))
     w("")
     w("Signed median error (bias), same windows:\n")
-    w("| tool | domain | " + " | ".join(lab.get(x, x + " s") for x in L) + " |")
-    w("|" + "---|" * (2 + len(L)))
-    for t in tools:
-        r = doc["tools"].get(t, {})
-        if r.get("status") != "ok":
-            continue
-        acc = r["summary"]["accuracy"]
-        for cls in ("package", "cpu+dram", "gpu"):
-            if cls not in acc:
-                continue
-            name = {"package": "CPU package", "cpu+dram": "CPU package + DRAM", "gpu": "GPU"}[cls]
-            cells = []
-            for x in L:
-                v = acc[cls].get(x)
-                s = v and v["median_rel_err"]
-                cells.append("-" if s is None else f"{100 * s:+.2g}%" if abs(s) < 0.01
-                             else f"{100 * s:+.1f}%")
-            w(f"| {LABELS[t]} | {name} | " + " | ".join(cells) + " |")
+    out.extend(_accuracy_table(doc, tools, L, lab, ("package", "cpu+dram", "gpu"), _bias_cell))
     w("")
 
     w("## Cost\n")
@@ -752,10 +746,7 @@ def render_md(doc: dict, tools: List[str], lengths: List[float]) -> str:
     w("| tool | start+stop µs | start µs | stop µs | read µs | worst start+stop µs | "
       "CPU % of a core | threads during | setup wall s | setup+warm-up CPU s |")
     w("|---|---|---|---|---|---|---|---|---|---|")
-    for t in tools:
-        r = doc["tools"].get(t, {})
-        if r.get("status") != "ok":
-            continue
+    for t, r in _ok_tools(doc, tools):
         a = r["summary"]["api"]
         o = r["summary"]["overhead"] or {}
         setup = r.get("setup", {})
@@ -776,10 +767,7 @@ def render_md(doc: dict, tools: List[str], lengths: List[float]) -> str:
         w("")
 
     w("## How each tool was driven\n")
-    for t in tools:
-        r = doc["tools"].get(t, {})
-        if r.get("status") != "ok":
-            continue
+    for t, r in _ok_tools(doc, tools):
         d = r.get("describe") or {}
         w(f"- **{LABELS[t]}**: `{d.get('api', '?')}`. {TOOL_NOTES.get(t, '')}")
         extra = {k: v for k, v in d.items() if k != "api"}
