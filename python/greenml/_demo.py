@@ -42,9 +42,15 @@ def make_model() -> Any:
     from torch import nn
 
     return nn.Sequential(
-        nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(),
-        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(64 * 4 * 4, 128), nn.ReLU(), nn.Linear(128, 10),
+        nn.Conv2d(1, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(32, 64, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(64 * 4 * 4, 128),
+        nn.ReLU(),
+        nn.Linear(128, 10),
     )
 
 
@@ -96,7 +102,9 @@ def run_demo(out_dir: str, quick: bool = False, runtime: Optional[Any] = None) -
             model.train()
             for epoch in range(epochs):
                 perm = torch.randperm(n_train)
-                for i in _progress(range(steps_per_epoch), steps_per_epoch, f"train {epoch + 1}/{epochs}"):
+                for i in _progress(
+                    range(steps_per_epoch), steps_per_epoch, f"train {epoch + 1}/{epochs}"
+                ):
                     idx = perm[i * batch : (i + 1) * batch]
                     opt.zero_grad()
                     loss = loss_fn(model(x_train[idx]), y_train[idx])
@@ -124,8 +132,10 @@ def run_demo(out_dir: str, quick: bool = False, runtime: Optional[Any] = None) -
     print(format_rows(summary_rows(read_records(log))))
     if train.energy_j == train.energy_j:  # not NaN
         print()
-        print(f"energy per training step: {steps.mean_j:.4g} J (p50 {steps.percentile_j(50):.4g}, "
-              f"p99 {steps.percentile_j(99):.4g}; {steps.count} steps)")
+        print(
+            f"energy per training step: {steps.mean_j:.4g} J (p50 {steps.percentile_j(50):.4g}, "
+            f"p99 {steps.percentile_j(99):.4g}; {steps.count} steps)"
+        )
         print(f"energy per inferred sample: {infer.energy_per_item_j:.4g} J")
         print(
             f"forecast, 10x longer training: {10 * train.energy_j:.4g} J "
@@ -142,7 +152,8 @@ def run_demo(out_dir: str, quick: bool = False, runtime: Optional[Any] = None) -
     estimated = [d for d, ok in m.measured.items() if not ok]
     if estimated:
         print(f"note: {', '.join(estimated)} estimated from a model, not measured by a counter")
-    plot_run(m.to_dataframe(), png, spans=m.phase_spans_s(), title="greenml demo",
-             estimated=estimated)
+    plot_run(
+        m.to_dataframe(), png, spans=m.phase_spans_s(), title="greenml demo", estimated=estimated
+    )
     print(f"\nwrote {log}, {trace} and {png}")
     return 0

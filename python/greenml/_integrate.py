@@ -299,7 +299,27 @@ def estimate_update_period_ns(
     return float(np.median(np.diff(t[knots])))
 
 
-class CounterCurve:
+class _Curve:
+    """What both curves share: per-window results built from :meth:`window_arrays`."""
+
+    def window_arrays(
+        self, t0_ns: Sequence[int] | np.ndarray, t1_ns: Sequence[int] | np.ndarray
+    ) -> WindowArrays:
+        raise NotImplementedError
+
+    def windows(
+        self, t0_ns: Sequence[int] | np.ndarray, t1_ns: Sequence[int] | np.ndarray
+    ) -> list[WindowEnergy]:
+        """Energy of each window ``[t0_ns[i], t1_ns[i]]`` (ns); see :class:`WindowEnergy`."""
+        a_ns, b_ns = _check_windows(t0_ns, t1_ns)
+        return _results(a_ns, b_ns, *self.window_arrays(a_ns, b_ns))
+
+    def window(self, t0_ns: int, t1_ns: int) -> WindowEnergy:
+        """Energy of the window ``[t0_ns, t1_ns]`` (ns); see :class:`WindowEnergy`."""
+        return self.windows([t0_ns], [t1_ns])[0]
+
+
+class CounterCurve(_Curve):
     """Cumulative-energy curve of a counter channel, prepared once and queried per window.
 
     Model. The counter is updated at instants ``tau_k``; update ``k`` stores the true
@@ -431,13 +451,6 @@ class CounterCurve:
         est = np.where(consistent, np.clip(est, lower, upper), est)
         return est, lower, upper
 
-    def windows(
-        self, t0_ns: Sequence[int] | np.ndarray, t1_ns: Sequence[int] | np.ndarray
-    ) -> list[WindowEnergy]:
-        """Energy of each window ``[t0_ns[i], t1_ns[i]]`` (ns); see :class:`WindowEnergy`."""
-        a_ns, b_ns = _check_windows(t0_ns, t1_ns)
-        return _results(a_ns, b_ns, *self.window_arrays(a_ns, b_ns))
-
     def window_arrays(
         self, t0_ns: Sequence[int] | np.ndarray, t1_ns: Sequence[int] | np.ndarray
     ) -> WindowArrays:
@@ -461,16 +474,12 @@ class CounterCurve:
         short = (b - a) < self.resolution_s
         return WindowArrays(energy, unc, settled, short)
 
-    def window(self, t0_ns: int, t1_ns: int) -> WindowEnergy:
-        """Energy of the window ``[t0_ns, t1_ns]`` (ns); see :class:`WindowEnergy`."""
-        return self.windows([t0_ns], [t1_ns])[0]
-
 
 # --------------------------------------------------------------------------------------------
 # Power channels
 
 
-class PowerCurve:
+class PowerCurve(_Curve):
     """Cumulative-energy curve of a power channel, prepared once and queried per window.
 
     Estimate. Power is linear between samples, so the energy from sample ``i`` to a time ``t``
@@ -568,13 +577,6 @@ class PowerCurve:
         beyond = d * max(pl, self.peak_bound_w - pl, 0.0)
         return np.where(i < n - 1, np.where(self._hole[ii], hole, regular), beyond)
 
-    def windows(
-        self, t0_ns: Sequence[int] | np.ndarray, t1_ns: Sequence[int] | np.ndarray
-    ) -> list[WindowEnergy]:
-        """Energy of each window ``[t0_ns[i], t1_ns[i]]`` (ns); see :class:`WindowEnergy`."""
-        a_ns, b_ns = _check_windows(t0_ns, t1_ns)
-        return _results(a_ns, b_ns, *self.window_arrays(a_ns, b_ns))
-
     def window_arrays(
         self, t0_ns: Sequence[int] | np.ndarray, t1_ns: Sequence[int] | np.ndarray
     ) -> WindowArrays:
@@ -603,10 +605,6 @@ class PowerCurve:
         settled = empty | (b <= self._t[-1])
         short = (b - a) < self.resolution_s
         return WindowArrays(energy, unc, settled, short)
-
-    def window(self, t0_ns: int, t1_ns: int) -> WindowEnergy:
-        """Energy of the window ``[t0_ns, t1_ns]`` (ns); see :class:`WindowEnergy`."""
-        return self.windows([t0_ns], [t1_ns])[0]
 
 
 # --------------------------------------------------------------------------------------------

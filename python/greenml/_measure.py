@@ -33,9 +33,17 @@ _live: "weakref.WeakSet[CallStats]" = weakref.WeakSet()
 class CallStats:
     """Aggregate energy of the calls of one measured function (joules, seconds)."""
 
-    def __init__(self, name: str, rt_getter: Callable[[], Runtime], log: Optional[str],
-                 sync_cuda: bool, region: Optional[str], carbon_intensity: Optional[float],
-                 pue: float, max_records: int) -> None:
+    def __init__(
+        self,
+        name: str,
+        rt_getter: Callable[[], Runtime],
+        log: Optional[str],
+        sync_cuda: bool,
+        region: Optional[str],
+        carbon_intensity: Optional[float],
+        pue: float,
+        max_records: int,
+    ) -> None:
         self.name = name
         self._rt_getter = rt_getter
         self._rt: Optional[Runtime] = None
@@ -108,19 +116,25 @@ class CallStats:
             for k in range(n):
                 energy = float(e[k])
                 ok = math.isfinite(energy)
-                self._log.write({
-                    "type": "call",
-                    "name": self.name,
-                    "run_id": self._run_id,
-                    "pid": os.getpid(),
-                    "duration_s": float(d[k]),
-                    "energy_j": energy if ok else None,
-                    "uncertainty_j": float(u[k]) if ok else None,
-                    "by_domain": {dom: float(res.energy_j[k, i]) for i, dom in enumerate(domains)},
-                    "measured": measured,
-                    "co2e_g": _carbon.co2e_g(energy, self._intensity, self._pue) if ok else None,
-                    "settled": bool(settled[k]),
-                })
+                self._log.write(
+                    {
+                        "type": "call",
+                        "name": self.name,
+                        "run_id": self._run_id,
+                        "pid": os.getpid(),
+                        "duration_s": float(d[k]),
+                        "energy_j": energy if ok else None,
+                        "uncertainty_j": float(u[k]) if ok else None,
+                        "by_domain": {
+                            dom: float(res.energy_j[k, i]) for i, dom in enumerate(domains)
+                        },
+                        "measured": measured,
+                        "co2e_g": _carbon.co2e_g(energy, self._intensity, self._pue)
+                        if ok
+                        else None,
+                        "settled": bool(settled[k]),
+                    }
+                )
 
     # Reading a statistic resolves every pending call first, so it is always complete.
     @property
@@ -233,9 +247,15 @@ def _wrap(func: F, stats: CallStats) -> F:
 def measure(func: F) -> F: ...
 @overload
 def measure(
-    name: Optional[str] = None, *, log: Optional[str] = None, sync_cuda: bool = True,
-    region: Optional[str] = None, carbon_intensity: Optional[float] = None, pue: float = 1.0,
-    runtime: Optional[Runtime] = None, max_records: int = 100_000,
+    name: Optional[str] = None,
+    *,
+    log: Optional[str] = None,
+    sync_cuda: bool = True,
+    region: Optional[str] = None,
+    carbon_intensity: Optional[float] = None,
+    pue: float = 1.0,
+    runtime: Optional[Runtime] = None,
+    max_records: int = 100_000,
 ) -> Callable[[F], F]: ...
 
 
@@ -257,8 +277,14 @@ def measure(  # type: ignore[misc]
     def decorate(func: F, name: Optional[str]) -> F:
         getter = (lambda: runtime) if runtime is not None else default_runtime
         stats = CallStats(
-            name or getattr(func, "__qualname__", repr(func)), getter, log, sync_cuda, region,
-            carbon_intensity, pue, max_records,
+            name or getattr(func, "__qualname__", repr(func)),
+            getter,
+            log,
+            sync_cuda,
+            region,
+            carbon_intensity,
+            pue,
+            max_records,
         )
         return _wrap(func, stats)
 

@@ -117,7 +117,9 @@ class Measurement:
         self.intensity = intensity
         self.pue = pue
         self.co2e_g = (
-            _carbon.co2e_g(self.energy_j, intensity, pue) if math.isfinite(self.energy_j) else math.nan
+            _carbon.co2e_g(self.energy_j, intensity, pue)
+            if math.isfinite(self.energy_j)
+            else math.nan
         )
         self.baseline = baseline
         if baseline is not None:
@@ -243,7 +245,9 @@ class Meter:
         self.name = name
         self._trace_path = _check_trace_path(trace) if trace else None
         self._rt = runtime if runtime is not None else default_runtime()
-        env: Mapping[str, str] = self._rt.settings.env if self._rt.settings.env is not None else os.environ
+        env: Mapping[str, str] = (
+            self._rt.settings.env if self._rt.settings.env is not None else os.environ
+        )
         self._intensity = _carbon.resolve_intensity(region, carbon_intensity, env=env)
         _carbon.co2e_g(0.0, self._intensity, pue)  # validates pue now, not at the end
         self._pue = pue
@@ -290,7 +294,9 @@ class Meter:
     def stop(self) -> "Meter":
         w = self._window
         if w is None:
-            raise GreenmlError("this meter was never started: use `with greenml.meter():` or .start()")
+            raise GreenmlError(
+                "this meter was never started: use `with greenml.meter():` or .start()"
+            )
         if w.t1_ns is not None:
             return self
         if self._sync_cuda:
@@ -364,7 +370,9 @@ class Meter:
     def _current_window(self) -> Window:
         w = self._window
         if w is None:
-            raise GreenmlError("this meter has not started yet: enter it with `with` or call .start()")
+            raise GreenmlError(
+                "this meter has not started yet: enter it with `with` or call .start()"
+            )
         if w.t1_ns is None:  # live read: the window so far
             live = Window(w.t0_ns, w.idx0, w.start_row)
             close_window(self._rt, live)
@@ -459,15 +467,21 @@ class Meter:
         self._steps.flush(final=not self.running)
         return self._steps
 
-    energy_j = property(lambda self: self.result().energy_j, doc="Total energy (J), non-overlapping domains.")
+    energy_j = property(
+        lambda self: self.result().energy_j, doc="Total energy (J), non-overlapping domains."
+    )
     by_domain = property(lambda self: self.result().by_domain, doc="Joules per domain key.")
     duration_s = property(lambda self: self.result().duration_s, doc="Wall time (s).")
     mean_power_w = property(lambda self: self.result().mean_power_w, doc="Mean power (W).")
     co2e_g = property(lambda self: self.result().co2e_g, doc="Grams CO2e.")
     uncertainty_j = property(lambda self: self.result().uncertainty_j, doc="Error bound (J).")
-    measured = property(lambda self: self.result().measured, doc="Per domain: measured (True) or estimated.")
+    measured = property(
+        lambda self: self.result().measured, doc="Per domain: measured (True) or estimated."
+    )
     net_energy_j = property(lambda self: self.result().net_energy_j, doc="Energy above idle (J).")
-    net_by_domain = property(lambda self: self.result().net_by_domain, doc="Joules above idle per domain.")
+    net_by_domain = property(
+        lambda self: self.result().net_by_domain, doc="Joules above idle per domain."
+    )
     settled = property(lambda self: self.result().settled)
 
     def to_dict(self) -> Dict[str, Any]:
@@ -578,4 +592,3 @@ def idle_baseline(seconds: float = 10.0, *, runtime: Optional[Runtime] = None) -
     b = Baseline(power, r.duration_s, {ch.domain: ch.in_total for ch in rt.channels})
     rt.baseline = b
     return b
-

@@ -38,8 +38,16 @@ def summary_rows(records: Iterable[Dict[str, Any]]) -> List[Dict[str, Any]]:
         if kind == "call":
             c = calls.setdefault(
                 r.get("name") or "?",
-                {"type": "function", "name": r.get("name"), "count": 0, "duration_s": 0.0,
-                 "energy_j": 0.0, "uncertainty_j": 0.0, "co2e_g": 0.0, "estimated": set()},
+                {
+                    "type": "function",
+                    "name": r.get("name"),
+                    "count": 0,
+                    "duration_s": 0.0,
+                    "energy_j": 0.0,
+                    "uncertainty_j": 0.0,
+                    "co2e_g": 0.0,
+                    "estimated": set(),
+                },
             )
             c["count"] += 1
             c["duration_s"] += _f(r.get("duration_s")) or 0.0
@@ -50,28 +58,34 @@ def summary_rows(records: Iterable[Dict[str, Any]]) -> List[Dict[str, Any]]:
             continue
         steps = r.get("steps") or {}
         energy = _f(r.get("energy_j"))
-        rows.append({
-            "type": kind,
-            "name": r.get("name") if kind != "phase" else f"{r.get('meter') or ''}/{r.get('name')}",
-            "count": r.get("count", 1),
-            "duration_s": _f(r.get("duration_s")),
-            "energy_j": energy,
-            "uncertainty_j": _f(r.get("uncertainty_j")),
-            "mean_power_w": _f(r.get("mean_power_w")),
-            "j_per_step": _f(steps.get("mean_j")) if steps.get("count") else None,
-            "j_per_item": _f(r.get("energy_per_item_j")),
-            "co2e_g": _f(r.get("co2e_g")),
-            "estimated": ",".join(r.get("estimated_domains") or []),
-        })
+        rows.append(
+            {
+                "type": kind,
+                "name": r.get("name")
+                if kind != "phase"
+                else f"{r.get('meter') or ''}/{r.get('name')}",
+                "count": r.get("count", 1),
+                "duration_s": _f(r.get("duration_s")),
+                "energy_j": energy,
+                "uncertainty_j": _f(r.get("uncertainty_j")),
+                "mean_power_w": _f(r.get("mean_power_w")),
+                "j_per_step": _f(steps.get("mean_j")) if steps.get("count") else None,
+                "j_per_item": _f(r.get("energy_per_item_j")),
+                "co2e_g": _f(r.get("co2e_g")),
+                "estimated": ",".join(r.get("estimated_domains") or []),
+            }
+        )
     for c in calls.values():
         e, d = c["energy_j"], c["duration_s"]
-        rows.append({
-            **c,
-            "mean_power_w": e / d if (e is not None and d) else None,
-            "j_per_step": None,
-            "j_per_item": e / c["count"] if e is not None else None,
-            "estimated": ",".join(sorted(c["estimated"])),
-        })
+        rows.append(
+            {
+                **c,
+                "mean_power_w": e / d if (e is not None and d) else None,
+                "j_per_step": None,
+                "j_per_item": e / c["count"] if e is not None else None,
+                "estimated": ",".join(sorted(c["estimated"])),
+            }
+        )
     return rows
 
 
@@ -155,7 +169,9 @@ def plot_run(
         color = colors[(k + 3) % len(colors)]
         for j, (a, b) in enumerate(intervals):
             for ax in (ax_p, ax_e):
-                ax.axvspan(a, b, color=color, alpha=0.15, label=name if (j == 0 and ax is ax_p) else None)
+                ax.axvspan(
+                    a, b, color=color, alpha=0.15, label=name if (j == 0 and ax is ax_p) else None
+                )
     ax_p.set_ylabel("power (W)")
     ax_e.set_ylabel("cumulative energy (J)")
     ax_e.set_xlabel("time since start (s)")
@@ -176,14 +192,21 @@ def describe_result(d: Dict[str, Any], title: str = "greenml") -> str:
     lines = [f"{title}: {_cell(_f(d.get('duration_s')))} s"]
     energy = _f(d.get("energy_j"))
     if energy is None:
-        lines.append("  energy: not measured - nothing can be measured or estimated here "
-                     "(run `greenml sensors` to see why)")
+        lines.append(
+            "  energy: not measured - nothing can be measured or estimated here "
+            "(run `greenml sensors` to see why)"
+        )
     else:
         unc = _f(d.get("uncertainty_j"))
-        lines.append(f"  energy: {energy:.4g} J (+/- {unc:.2g} J)" if unc is not None else
-                     f"  energy: {energy:.4g} J")
-        lines.append(f"  mean power: {_cell(_f(d.get('mean_power_w')))} W"
-                     + (f", peak {d['peak_power_w']:.4g} W" if _f(d.get("peak_power_w")) else ""))
+        lines.append(
+            f"  energy: {energy:.4g} J (+/- {unc:.2g} J)"
+            if unc is not None
+            else f"  energy: {energy:.4g} J"
+        )
+        lines.append(
+            f"  mean power: {_cell(_f(d.get('mean_power_w')))} W"
+            + (f", peak {d['peak_power_w']:.4g} W" if _f(d.get("peak_power_w")) else "")
+        )
     measured = d.get("measured") or {}
     in_total = d.get("in_total") or {}
     for dom, e in (d.get("by_domain") or {}).items():
@@ -200,7 +223,9 @@ def describe_result(d: Dict[str, Any], title: str = "greenml") -> str:
             f"({carbon.get('region')}{year}; PUE {carbon.get('pue')})"
         )
     if d.get("estimated_domains"):
-        lines.append("  note: estimated domains come from a model (TDP x utilisation), not a counter")
+        lines.append(
+            "  note: estimated domains come from a model (TDP x utilisation), not a counter"
+        )
     for dom, why in (d.get("unavailable") or {}).items():
         lines.append(f"  not measured: {dom}: {why[:160]}{'...' if len(why) > 160 else ''}")
     return "\n".join(lines)

@@ -18,7 +18,6 @@ from ._runtime import Runtime
 from ._windows import PendingWindows
 
 
-
 class _Running:
     """Welford's running mean and variance, with min, max and sum."""
 
@@ -182,7 +181,9 @@ class StepStats:
             "records_kept": int(self._res_e.size),
         }
         # JSON has no NaN: unknown energies (nothing measurable) are written as null.
-        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}
+        return {
+            k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()
+        }
 
     def __len__(self) -> int:
         return self.count

@@ -39,11 +39,11 @@ _RAPL_QUANTUM_J = 61e-6
 
 
 def _resolution_j(ch: object) -> float:
-    if getattr(ch, "kind") != "counter":
+    if ch.kind != "counter":
         return 0.0
-    if getattr(ch, "source") == "rapl":
+    if ch.source == "rapl":
         return _RAPL_QUANTUM_J
-    return float(getattr(ch, "to_si"))
+    return float(ch.to_si)
 
 
 @dataclass
@@ -70,7 +70,10 @@ class Resolved:
     def rows(self, sl: slice) -> "Resolved":
         """The results of a subset of the windows."""
         return Resolved(
-            self.energy_j[sl], self.uncertainty_j[sl], self.settled[sl], self.short[sl],
+            self.energy_j[sl],
+            self.uncertainty_j[sl],
+            self.settled[sl],
+            self.short[sl],
             self.peak_power_w,
         )
 
@@ -140,9 +143,7 @@ class WindowResolver:
             ranges = [(lo, head)]
         else:
             edges = np.concatenate([idx0 - 1 - history, idx1 - k])
-            ranges = sorted(
-                (int(a), int(min(head, a + history + 2 * k))) for a in np.unique(edges)
-            )
+            ranges = sorted((int(a), int(min(head, a + history + 2 * k))) for a in np.unique(edges))
             merged: List[Tuple[int, int]] = []
             for a, b in ranges:
                 if merged and a <= merged[-1][1]:

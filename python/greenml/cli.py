@@ -14,7 +14,9 @@ from ._errors import GreenmlError
 
 
 def _table(rows: List[List[str]], headers: List[str]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    widths = [
+        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)
+    ]
     line = "  ".join(h.ljust(w) for h, w in zip(headers, widths))
     out = [line, "  ".join("-" * w for w in widths)]
     out += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
@@ -60,7 +62,9 @@ def _runtime_from_args(args: argparse.Namespace) -> Any:
 
     settings = settings_from_env()
     if args.interval_ms is not None:
-        settings = replace(settings, interval_ms=parse_interval_ms(str(args.interval_ms), "--interval-ms"))
+        settings = replace(
+            settings, interval_ms=parse_interval_ms(str(args.interval_ms), "--interval-ms")
+        )
     return Runtime(settings)
 
 
@@ -84,8 +88,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if cmd and cmd[0] == "--":
         cmd = cmd[1:]
     if not cmd:
-        print("greenml run: give the command to measure after --, e.g. "
-              "`greenml run -- python train.py`", file=sys.stderr)
+        print(
+            "greenml run: give the command to measure after --, e.g. "
+            "`greenml run -- python train.py`",
+            file=sys.stderr,
+        )
         return 2
     if shutil.which(cmd[0]) is None and not os.path.exists(cmd[0]):
         print(f"greenml run: {cmd[0]}: command not found", file=sys.stderr)
@@ -110,8 +117,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"greenml: measuring idle power for {args.idle:g} s ...", file=sys.stderr)
         baseline = idle_baseline(args.idle, runtime=rt)
     m = Meter(
-        " ".join(cmd)[:200], runtime=rt, region=args.region,
-        carbon_intensity=args.carbon_intensity, pue=args.pue, baseline=baseline,
+        " ".join(cmd)[:200],
+        runtime=rt,
+        region=args.region,
+        carbon_intensity=args.carbon_intensity,
+        pue=args.pue,
+        baseline=baseline,
         sync_cuda=False,
     )
     m.start()
@@ -183,8 +194,14 @@ def _cmd_report(args: argparse.Namespace) -> int:
             w = trace[c].to_numpy(dtype=float)
             ok = np.isfinite(w)
             e = float(np.sum(np.where(ok, w, 0.0) * np.diff(t, prepend=t[0])))
-            rows.append({"type": "trace", "name": c[:-2], "duration_s": float(t[-1] - t[0]) if t.size else 0.0,
-                         "energy_j": e})
+            rows.append(
+                {
+                    "type": "trace",
+                    "name": c[:-2],
+                    "duration_s": float(t[-1] - t[0]) if t.size else 0.0,
+                    "energy_j": e,
+                }
+            )
         print(format_rows(rows, args.format))
         if args.plot:
             plot_run(trace, args.plot, title=os.path.basename(path))
@@ -197,8 +214,11 @@ def _cmd_report(args: argparse.Namespace) -> int:
     if args.plot:
         tops = [r for r in records if r.get("type") in ("meter", "run") and r.get("trace")]
         if not tops:
-            print("greenml report: --plot needs a trace; record one with meter(trace=...) or "
-                  "`greenml run --trace FILE`", file=sys.stderr)
+            print(
+                "greenml report: --plot needs a trace; record one with meter(trace=...) or "
+                "`greenml run --trace FILE`",
+                file=sys.stderr,
+            )
             return 1
         top = tops[-1]
         spans = {
@@ -206,8 +226,13 @@ def _cmd_report(args: argparse.Namespace) -> int:
             for r in records
             if r.get("type") == "phase" and r.get("run_id") == top.get("run_id")
         }
-        plot_run(load_trace(top["trace"]), args.plot, spans=spans,
-                 title=f"{top.get('name') or 'run'}", estimated=top.get("estimated_domains") or [])
+        plot_run(
+            load_trace(top["trace"]),
+            args.plot,
+            spans=spans,
+            title=f"{top.get('name') or 'run'}",
+            estimated=top.get("estimated_domains") or [],
+        )
         print(f"plot written to {args.plot}", file=sys.stderr)
     if args.verbose:
         for r in records:
@@ -231,18 +256,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=_cmd_sensors)
 
-    p = sub.add_parser("run", help="measure a whole command, keep its exit code",
-                       usage="greenml run [options] -- CMD [ARGS...]")
+    p = sub.add_parser(
+        "run",
+        help="measure a whole command, keep its exit code",
+        usage="greenml run [options] -- CMD [ARGS...]",
+    )
     p.add_argument("--json", metavar="FILE", help="write the result as one JSON object")
     p.add_argument("--log", metavar="FILE", help="append the result to a JSON Lines log")
     p.add_argument("--trace", metavar="FILE", help="per-sample power trace (.csv or .parquet)")
     p.add_argument("--interval-ms", type=float, help="sampling period in ms (default 10)")
     p.add_argument("--region", help="ISO 3166 alpha-2/alpha-3 code for carbon intensity")
-    p.add_argument("--carbon-intensity", type=float, metavar="G_PER_KWH",
-                   help="grid intensity in gCO2e/kWh (overrides --region)")
+    p.add_argument(
+        "--carbon-intensity",
+        type=float,
+        metavar="G_PER_KWH",
+        help="grid intensity in gCO2e/kWh (overrides --region)",
+    )
     p.add_argument("--pue", type=float, default=1.0, help="power usage effectiveness (>= 1)")
-    p.add_argument("--idle", type=float, metavar="SECONDS",
-                   help="measure an idle baseline first and report energy above idle")
+    p.add_argument(
+        "--idle",
+        type=float,
+        metavar="SECONDS",
+        help="measure an idle baseline first and report energy above idle",
+    )
     p.add_argument("cmd", nargs=argparse.REMAINDER, help="the command, after --")
     p.set_defaults(func=_cmd_run)
 
@@ -260,7 +296,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _short_warning(message: Any, category: Any, filename: str, lineno: int, line: Any = None) -> str:
+def _short_warning(
+    message: Any, category: Any, filename: str, lineno: int, line: Any = None
+) -> str:
     return f"greenml: warning: {message}\n"
 
 
