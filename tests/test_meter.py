@@ -492,3 +492,36 @@ def test_given_model_source_and_tdp_when_metering_then_cpu_estimated_not_measure
     # 100 W x utilisation, never more than 100 W over the window (plus a jiffy of slack)
     assert m.energy_j <= 100.0 * (m.duration_s + 0.05)
     assert m.to_dict()["estimated_domains"] == ["cpu:estimated"]
+
+
+def test_given_a_meter_started_twice_when_reading_then_nothing_carries_over(rt):
+    # Given: one meter object run twice, each run with one phase
+    m = greenml.Meter("reused", runtime=rt)
+    for _ in range(2):
+        with m:
+            with m.phase("train"):
+                time.sleep(0.02)
+            m.step()
+
+    # When / Then: the second run's phases and steps are its own
+    assert m.phases["train"].count == 1
+    assert m.steps.count == 1
+    assert m.phases["train"].energy_j <= m.energy_j + m.uncertainty_j
+
+
+def test_given_a_meter_read_long_after_its_samples_left_the_ring_then_energy_is_right(
+        writer, runtimes):
+    # Given: a ring holding ~0.25 s of samples
+    rt = runtimes(powercap_root=writer.root, sources={"rapl"}, interval_ms=1.0, capacity=256)
+    warm_up(rt, seconds=0.02)
+    with greenml.Meter("late", runtime=rt) as m:
+        time.sleep(0.1)
+    t0, t1 = meter_window_ns(m)
+
+    # When: the result is first read after the ring has wrapped several times
+    time.sleep(1.5)
+    energy = m.energy_j
+
+    # Then
+    truth = sum(writer.true_energy_j(z, t0, t1) for z in ("intel-rapl:0", "intel-rapl:0:0"))
+    assert abs(energy - truth) <= m.uncertainty_j + 0.02 * truth

@@ -71,7 +71,10 @@ class CallStats:
         _live.add(self)
 
     def runtime(self) -> Runtime:
+        """The runtime, started (again after a fork or a stop) if it is not running."""
         rt = self._rt
+        if rt is not None and not rt.is_running():
+            rt.ensure_started()
         if rt is None:
             with self._lock:
                 if self._rt is None:
@@ -204,7 +207,9 @@ def _wrap(func: F, stats: CallStats) -> F:
 
         @functools.wraps(func)
         async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-            rt = stats._rt or stats.runtime()
+            rt = stats._rt
+            if rt is None or not rt.is_running():
+                rt = stats.runtime()
             if sync:
                 _sync_cuda()
             idx = rt.sampler.head - 1
@@ -217,14 +222,16 @@ def _wrap(func: F, stats: CallStats) -> F:
             finally:
                 if sync:
                     _sync_cuda()
-                stats._pending.add(t0, monotonic_ns(), idx)  # type: ignore[union-attr]
+                stats._pending.add(t0, monotonic_ns(), idx, rt.sampler.head)  # type: ignore[union-attr]
 
         async_wrapper.energy = stats  # type: ignore[attr-defined]
         return async_wrapper  # type: ignore[return-value]
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        rt = stats._rt or stats.runtime()
+        rt = stats._rt
+        if rt is None or not rt.is_running():
+            rt = stats.runtime()
         if sync:
             _sync_cuda()
         idx = rt.sampler.head - 1
@@ -237,7 +244,7 @@ def _wrap(func: F, stats: CallStats) -> F:
         finally:
             if sync:
                 _sync_cuda()
-            stats._pending.add(t0, monotonic_ns(), idx)  # type: ignore[union-attr]
+            stats._pending.add(t0, monotonic_ns(), idx, rt.sampler.head)  # type: ignore[union-attr]
 
     wrapper.energy = stats  # type: ignore[attr-defined]
     return wrapper  # type: ignore[return-value]
@@ -291,6 +298,18 @@ def measure(  # type: ignore[misc]
     if callable(func_or_name):
         return decorate(func_or_name, None)
     return lambda func: decorate(func, func_or_name)
+
+
+def _forget_in_child() -> None:
+    # Calls made before a fork belong to the parent, which records them; the child starts
+    # with none pending and a run id of its own.
+    for s in list(_live):
+        if s._pending is not None:
+            s._pending = PendingWindows(s._rt, s._resolved) if s._rt is not None else None
+        s._run_id = new_run_id()
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
 
 
 @atexit.register

@@ -283,8 +283,14 @@ class Meter:
         self._rt.ensure_started()
         if self._sync_cuda:
             sync_cuda()
+        # A meter started again measures afresh: nothing carries over from its last run.
         self._result = None
-        self._phase_cache.clear()
+        with self._lock:
+            self._phase_cache.clear()
+            self._phase_windows.clear()
+            self._phase_items.clear()
+        self._steps_value = None
+        self._run_id_value = None
         self._t_start_unix = time.time()
         self._window = open_window(self._rt)
         if self._steps_value is not None:
@@ -304,11 +310,24 @@ class Meter:
         close_window(self._rt, w)
         if self._steps_value is not None:
             self._steps_value.end(w.t1_ns)
-        if self._trace_path is not None:
-            write_trace(self.to_dataframe(), self._trace_path)
+        # The log first: a trace that cannot be written must not lose the record.
         if self._log is not None:
             self._write_log()
+        if self._trace_path is not None:
+            write_trace(self.to_dataframe(), self._trace_path)
+        self._rt.register_settler(self)
         return self
+
+    def settle_aging(self) -> None:
+        """Resolves (and keeps) the results of a stopped meter before its samples leave the
+        ring: called by the runtime's settler thread."""
+        w = self._window
+        if w is None or w.t1_ns is None or self._result is not None:
+            return
+        if time.monotonic_ns() - w.t1_ns < self._rt.horizon_ns() // 2:
+            return
+        self.result()
+        self.phases  # noqa: B018 - resolves and caches every phase
 
     def __enter__(self) -> "Meter":
         return self.start()

@@ -11,6 +11,7 @@ import atexit
 import os
 import threading
 import warnings
+import weakref
 from dataclasses import dataclass
 from typing import Any, List, Optional, Tuple
 
@@ -81,6 +82,11 @@ class Runtime:
         self._started = False
         self._pid = os.getpid()
         self.baseline: Optional[Any] = None  # the last idle baseline measured (a Baseline)
+        # Objects with pending windows (meters, steps, decorated functions); the settler
+        # thread resolves them before their samples can leave the ring.
+        self._settlers: "weakref.WeakSet[Any]" = weakref.WeakSet()
+        self._settler_thread: Optional[threading.Thread] = None
+        self._settler_stop = threading.Event()
 
     def ensure_started(self) -> "_core.Sampler":
         """Starts the sampler thread once (again after a fork, in the child)."""
@@ -95,13 +101,48 @@ class Runtime:
                 self.sampler.read_now()
                 self._started = True
                 self._pid = os.getpid()
+                self._start_settler()
         return self.sampler
 
     def is_running(self) -> bool:
         return self._started and self._pid == os.getpid()
 
+    def horizon_ns(self) -> int:
+        """How long pending windows may wait: a quarter of the ring's history."""
+        s = self.sampler
+        return max(1, s.capacity * s.period_ns // 4)
+
+    def register_settler(self, obj: Any) -> None:
+        """``obj.settle_aging()`` will be called regularly while the sampler runs."""
+        self._settlers.add(obj)
+
+    def _start_settler(self) -> None:
+        self._settler_stop = threading.Event()
+        t = threading.Thread(target=self._settle_loop, name="greenml-settler", daemon=True)
+        self._settler_thread = t
+        t.start()
+
+    def _settle_loop(self) -> None:
+        stop = self._settler_stop
+        while not stop.wait(min(20.0, max(0.01, self.horizon_ns() / 8e9))):
+            for obj in list(self._settlers):
+                try:
+                    obj.settle_aging()
+                except Exception as exc:  # never kill the settler; say what went wrong
+                    warnings.warn(
+                        f"greenml could not resolve pending energy windows: {exc}",
+                        RuntimeWarning,
+                        stacklevel=1,
+                    )
+
     def stop(self) -> None:
         with self._lock:
+            self._settler_stop.set()
+            for obj in list(self._settlers):
+                try:
+                    obj.settle_aging()
+                except Exception:  # noqa: BLE001 - stopping must not fail; data stays pending
+                    pass
             self.sampler.stop()
             self._started = False
 
@@ -137,7 +178,7 @@ def reset_default_runtime() -> None:
 def _stop_at_exit() -> None:
     rt = _default
     if rt is not None:
-        rt.sampler.stop()
+        rt.stop()
 
 
 atexit.register(_stop_at_exit)

@@ -84,7 +84,7 @@ class StepStats:
         prev = self._prev
         if prev is None:
             return  # the meter is not running
-        self._pending.add(prev, t, self._prev_idx)
+        self._pending.add(prev, t, self._prev_idx, idx + 1)
         self._prev = t
         self._prev_idx = idx
 

@@ -90,15 +90,12 @@ class _Samples:
 _warned_short: set = set()
 
 
-def open_window(rt: Runtime, keep_start_row: bool = True) -> Window:
-    """Starts a window now. Costs a clock read and, with ``keep_start_row``, one slot copy."""
-    sampler = rt.sampler
-    if keep_start_row:
-        row = sampler.latest()
-        t0 = time.monotonic_ns()
-        return Window(t0_ns=t0, idx0=row[0] if row is not None else 0, start_row=row)
-    idx = sampler.head
-    return Window(t0_ns=time.monotonic_ns(), idx0=max(0, idx - 1))
+def open_window(rt: Runtime) -> Window:
+    """Starts a window now. Costs a clock read and one ring-slot copy (the start row, which
+    stands in for the samples before the window if the ring loses them)."""
+    row = rt.sampler.latest()
+    t0 = time.monotonic_ns()
+    return Window(t0_ns=t0, idx0=row[0] if row is not None else 0, start_row=row)
 
 
 def close_window(rt: Runtime, w: Window) -> None:
@@ -277,8 +274,11 @@ class PendingWindows:
     """Closed windows waiting to be resolved, kept in compact arrays and resolved in batches
     once the counter updates covering their ends have had time to arrive.
 
-    ``on_resolved(t0, t1, resolved)`` receives each batch, oldest first. Memory is bounded:
-    beyond ``max_pending`` windows the oldest are resolved as they are.
+    Thread-safe: any number of threads may add while another flushes. ``on_resolved(t0, t1,
+    resolved)`` receives each batch, oldest first. Memory is bounded: beyond ``max_pending``
+    windows the oldest are resolved as they are. The runtime's background settler calls
+    :meth:`settle_aging`, so windows are resolved before their samples leave the ring even
+    when no new window comes.
     """
 
     def __init__(
@@ -296,21 +296,28 @@ class PendingWindows:
         self._lock = threading.Lock()
         self._t0 = array("q")
         self._t1 = array("q")
-        self._idx = array("q")
-        self._horizon_ns = max(1, rt.sampler.capacity * rt.sampler.period_ns // 4)
+        self._idx0 = array("q")
+        self._idx1 = array("q")
+        self._horizon_ns = rt.horizon_ns()
+        rt.register_settler(self)
 
     def __len__(self) -> int:
         return len(self._t0)
 
-    def add(self, t0_ns: int, t1_ns: int, idx0: int) -> None:
-        self._t0.append(t0_ns)
-        self._t1.append(t1_ns)
-        self._idx.append(idx0)
-        n = len(self._t0)
-        if n >= self._batch and (n % self._batch == 0 or n >= self._max):
+    def add(self, t0_ns: int, t1_ns: int, idx0: int, idx1: int) -> None:
+        with self._lock:
+            self._t0.append(t0_ns)
+            self._t1.append(t1_ns)
+            self._idx0.append(idx0)
+            self._idx1.append(idx1)
+            n = len(self._t0)
+            due = n >= self._batch and (n % self._batch == 0 or n >= self._max)
+            due = due or t1_ns - self._t0[0] > self._horizon_ns
+        if due:
             self.flush()
-        elif t1_ns - self._t0[0] > self._horizon_ns:
-            self.flush()  # the oldest window's samples would soon leave the ring
+
+    def settle_aging(self) -> None:
+        self.flush()
 
     def flush(self, final: bool = False) -> None:
         """Resolves the windows that are ready (all of them, waiting to settle, when final)."""
@@ -318,7 +325,7 @@ class PendingWindows:
             n = len(self._t0)
             if n == 0:
                 return
-            t1 = np.frombuffer(self._t1, dtype=np.int64, count=n).copy()
+            t1 = np.array(self._t1, dtype=np.int64)
             if final:
                 take = n
             else:
@@ -329,14 +336,20 @@ class PendingWindows:
                 take = max(take, n - self._max)  # bounded memory
             if take <= 0:
                 return
-            t0 = np.frombuffer(self._t0, dtype=np.int64, count=n)[:take].copy()
-            idx = np.frombuffer(self._idx, dtype=np.int64, count=n)[:take].copy()
             t1 = t1[:take]
-            del self._t0[:take], self._t1[:take], self._idx[:take]
-        head = self._rt.sampler.head
-        res = self._resolver.resolve_arrays(
-            t0, t1, idx, np.full(take, head, dtype=np.int64), settle=final
-        )
+            t0 = np.array(self._t0[:take], dtype=np.int64)
+            idx0 = np.array(self._idx0[:take], dtype=np.int64)
+            idx1 = np.array(self._idx1[:take], dtype=np.int64)
+            del self._t0[:take], self._t1[:take], self._idx0[:take], self._idx1[:take]
+        try:
+            res = self._resolver.resolve_arrays(t0, t1, idx0, idx1, settle=final)
+        except BaseException:
+            with self._lock:  # nothing measured is dropped: put the batch back in front
+                self._t0[0:0] = array("q", t0.tolist())
+                self._t1[0:0] = array("q", t1.tolist())
+                self._idx0[0:0] = array("q", idx0.tolist())
+                self._idx1[0:0] = array("q", idx1.tolist())
+            raise
         self._on_resolved(t0, t1, res)
 
 

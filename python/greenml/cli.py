@@ -81,7 +81,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     import signal
     import subprocess
 
-    from ._meter import Meter, idle_baseline, write_trace
+    from ._meter import Meter, idle_baseline
     from ._records import RecordLog
 
     cmd = list(args.cmd)
@@ -103,14 +103,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.trace:
         _check_trace_path(args.trace)
     log = RecordLog(args.log) if args.log else None
-    if args.json:
-        try:
-            with open(args.json, "a", encoding="utf-8"):
-                pass
-        except OSError as exc:
-            raise GreenmlError(
-                f"cannot write --json {args.json!r} ({exc.strerror}); pick a writable path"
-            ) from None
+    for option, path in (("--json", args.json), ("--trace", args.trace)):
+        if path:
+            try:
+                with open(path, "a", encoding="utf-8"):
+                    pass
+            except OSError as exc:
+                raise GreenmlError(
+                    f"cannot write {option} {path!r} ({exc.strerror}); pick a writable path"
+                ) from None
     rt = _runtime_from_args(args)
     baseline = None
     if args.idle:
@@ -150,6 +151,21 @@ def _cmd_run(args: argparse.Namespace) -> int:
             signal.signal(s, h)
         m.stop()
     code = rc if rc >= 0 else 128 - rc
+    try:
+        _report_run(args, cmd, code, m, rt, log)
+    except Exception as exc:  # the command's exit code is kept whatever happens here
+        print(f"greenml run: could not report the measurement: {exc}", file=sys.stderr)
+    finally:
+        rt.stop()
+    return code
+
+
+def _report_run(
+    args: argparse.Namespace, cmd: List[str], code: int, m: Any, rt: Any, log: Any
+) -> None:
+    from ._meter import write_trace
+    from ._report import describe_result
+
     result = m.result().to_dict()
     df = m.to_dataframe()
     result["peak_power_w"] = _peak_power_w(df, rt.channels)
@@ -166,11 +182,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             f.write("\n")
     if args.trace:
         write_trace(df, args.trace)
-    from ._report import describe_result
-
     print(describe_result(result, title=f"greenml run (exit {code})"), file=sys.stderr)
-    rt.stop()
-    return code
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
