@@ -515,7 +515,16 @@ class Meter:
         import pandas as pd
 
         w = self._current_window()
-        idx, t, e, p, _, _ = self._rt.sampler.read_indexed(max(0, w.idx0 - 1))
+        idx, t, e, p, _, lost = self._rt.sampler.read_indexed(max(0, w.idx0 - 1))
+        if lost:
+            warnings.warn(
+                f"the trace of meter {self.name!r} starts {((t[0] if t.size else w.t0_ns) - w.t0_ns) / 1e9:.1f} s "
+                f"after the meter: {lost} older samples have left the ring (energies are not "
+                "affected); for a whole trace of a long run pass trace=... to the meter, or "
+                "sample less often (GREENML_INTERVAL_MS)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         mask = (t >= w.t0_ns) & (t <= (w.t1_ns or t[-1]))
         t, e, p = t[mask], e[mask], p[mask]
         data: Dict[str, Any] = {"t_s": (t - w.t0_ns) / 1e9}
