@@ -75,3 +75,24 @@ def _wait_until(predicate: Callable[[], T], timeout: float = 5.0, interval: floa
 def wait_until() -> Callable[..., object]:
     """``wait_until(predicate, timeout=5.0, interval=0.002, message=None)``."""
     return _wait_until
+
+
+@pytest.fixture(autouse=True)
+def _short_window_warnings_fresh():
+    """ShortWindowWarning is issued once per domain per process; every test expects its own."""
+    from greenml import _windows
+
+    _windows._warned_short.clear()
+    yield
+    _windows._warned_short.clear()
+
+
+@pytest.fixture
+def runtimes(monkeypatch):
+    """``runtimes(**kwargs)`` makes a Runtime over fakes (see fakes.truth.make_runtime); all are
+    stopped at teardown. Depends on monkeypatch: samplers stop before env is restored."""
+    from fakes.truth import Runtimes
+
+    r = Runtimes()
+    yield r.make
+    r.stop_all()

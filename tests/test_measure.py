@@ -12,26 +12,12 @@ import time
 import pytest
 
 import greenml
-from greenml import _runtime, _windows
+from greenml import _runtime
 
-from fakes.truth import RaplWriter, Runtimes, rapl_tree, warm_up
+from fakes.truth import RaplWriter, rapl_tree, warm_up
 
 PKG_W, DRAM_W = 30.0, 3.0
 TOTAL_W = PKG_W + DRAM_W
-
-
-@pytest.fixture(autouse=True)
-def _short_window_warnings_fresh():
-    _windows._warned_short.clear()
-    yield
-    _windows._warned_short.clear()
-
-
-@pytest.fixture
-def runtimes(monkeypatch):
-    r = Runtimes()
-    yield r.make
-    r.stop_all()
 
 
 @pytest.fixture

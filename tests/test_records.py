@@ -16,25 +16,10 @@ from pathlib import Path
 import pytest
 
 import greenml
-from greenml import _windows
 
-from fakes.truth import RaplWriter, Runtimes, rapl_tree, warm_up
+from fakes.truth import RaplWriter, rapl_tree, warm_up
 
 TESTS_DIR = Path(__file__).resolve().parent
-
-
-@pytest.fixture(autouse=True)
-def _short_window_warnings_fresh():
-    _windows._warned_short.clear()
-    yield
-    _windows._warned_short.clear()
-
-
-@pytest.fixture
-def runtimes(monkeypatch):
-    r = Runtimes()
-    yield r.make
-    r.stop_all()
 
 
 @pytest.fixture
