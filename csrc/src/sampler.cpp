@@ -187,7 +187,6 @@ void Sampler::sample_locked(bool push, std::int64_t* t_out, std::uint64_t* v_out
       row_[static_cast<std::size_t>(layout_.power_column[i])] = last_power_raw_[i];
     }
   }
-  last_t_ns_ = t;
   if (push) ring_.push(t, row_.data());
   if (t_out != nullptr) *t_out = t;
   if (v_out != nullptr) std::copy(row_.begin(), row_.end(), v_out);

@@ -140,29 +140,14 @@ class CallStats:
                 )
 
     # Reading a statistic resolves every pending call first, so it is always complete.
-    @property
-    def calls(self) -> int:
-        """Calls measured so far (those that raised included)."""
-        self.flush()
-        return self._calls
+    calls = property(lambda self: self._fresh("_calls"), doc="Calls measured (raised included).")
+    total_j = property(lambda self: self._fresh("_total_j"), doc="Energy of all calls (J).")
+    total_s = property(lambda self: self._fresh("_total_s"), doc="Wall time of all calls (s).")
+    uncertainty_j = property(lambda self: self._fresh("_uncertainty_j"), doc="Bound (J).")
 
-    @property
-    def total_j(self) -> float:
-        """Energy of all calls (J), non-overlapping domains."""
+    def _fresh(self, attr: str) -> Any:
         self.flush()
-        return self._total_j
-
-    @property
-    def total_s(self) -> float:
-        """Wall time of all calls (s)."""
-        self.flush()
-        return self._total_s
-
-    @property
-    def uncertainty_j(self) -> float:
-        """Error bound on total_j (J)."""
-        self.flush()
-        return self._uncertainty_j
+        return getattr(self, attr)
 
     @property
     def mean_j(self) -> float:

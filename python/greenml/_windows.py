@@ -65,17 +65,10 @@ class Resolved:
     uncertainty_j: np.ndarray
     settled: np.ndarray
     short: np.ndarray
-    peak_power_w: np.ndarray  # per channel, over the samples read
 
     def rows(self, sl: slice) -> "Resolved":
         """The results of a subset of the windows."""
-        return Resolved(
-            self.energy_j[sl],
-            self.uncertainty_j[sl],
-            self.settled[sl],
-            self.short[sl],
-            self.peak_power_w,
-        )
+        return Resolved(self.energy_j[sl], self.uncertainty_j[sl], self.settled[sl], self.short[sl])
 
 
 @dataclass
@@ -84,7 +77,6 @@ class _Samples:
     t_ns: np.ndarray
     energy_j: np.ndarray  # [n, C] cumulative
     power_w: np.ndarray  # [n, C], NaN for counters
-    lost_ranges: int = 0
 
 
 _warned_short: set = set()
@@ -121,10 +113,10 @@ class WindowResolver:
         start = max(0, start)
         if stop <= start:
             return None
-        idx, t, e, p, _nxt, lost = sampler.read_indexed(start, stop - start)
+        idx, t, e, p, _nxt, _lost = sampler.read_indexed(start, stop - start)
         if t.size == 0:
             return None
-        return _Samples(idx, t, e, p, lost_ranges=1 if lost else 0)
+        return _Samples(idx, t, e, p)
 
     def _samples_for(
         self, idx0: np.ndarray, idx1: np.ndarray, start_rows: Sequence[Any], head: int
@@ -215,7 +207,7 @@ class WindowResolver:
         n, c = t0.size, len(self.channels)
         if n == 0 or c == 0:
             z = np.zeros((n, c))
-            return Resolved(z, z.copy(), np.ones((n, c), bool), np.zeros((n, c), bool), np.zeros(c))
+            return Resolved(z, z.copy(), np.ones((n, c), bool), np.zeros((n, c), bool))
         t_end = int(t1.max())
         sampler = self.rt.sampler
         latest = sampler.latest()
@@ -237,12 +229,11 @@ class WindowResolver:
         unc = np.zeros((n, c))
         settled = np.ones((n, c), dtype=bool)
         short = np.zeros((n, c), dtype=bool)
-        peak = np.zeros(c)
         if s.t_ns.size < 2:
             energy[:] = np.nan
             unc[:] = np.nan
             settled[:] = False
-            return Resolved(energy, unc, settled, short, peak)
+            return Resolved(energy, unc, settled, short)
         # Windows cannot start before the first sample the trace holds (only possible when the
         # ring lost a window's start and no start row was kept: its energy is then a lower bound).
         t0c = np.maximum(t0, s.t_ns[0])
@@ -266,8 +257,7 @@ class WindowResolver:
             unc[:, i] = r.uncertainty_j
             settled[:, i] = r.settled | aged
             short[:, i] = r.short_window
-            peak[i] = curve.peak_seen_w
-        return Resolved(energy, unc, settled, short, peak)
+        return Resolved(energy, unc, settled, short)
 
 
 class PendingWindows:

@@ -111,7 +111,6 @@ class Sampler {
   std::vector<double> integral_nj_;         // power channels, nanojoules
   std::vector<std::uint64_t> last_power_raw_;
   std::vector<std::int64_t> last_power_t_;
-  std::int64_t last_t_ns_ = 0;
   std::vector<std::uint64_t> row_;
   std::vector<std::uint64_t> failed_per_channel_;
 
