@@ -159,7 +159,7 @@ def test_given_small_counter_range_when_the_counter_wraps_inside_a_meter_then_tr
     root = rapl_tree(tmp_path, dram=False, range_uj=range_uj)
     with RaplWriter(root, {"intel-rapl:0": (50.0, 10.0, 1.5)}) as w:
         rt = runtimes(powercap_root=root, sources={"rapl"}, interval_ms=1.0)
-        assert rt.channels[0].range_raw == range_uj
+        assert rt.channels[0].max_raw == range_uj
         warm_up(rt)
 
         # When: a meter spans more than two wraps

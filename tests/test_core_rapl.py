@@ -93,7 +93,7 @@ def test_given_every_zone_kind_when_listing_then_only_package_and_dram_count_in_
     for ch in chans.values():
         assert (ch.source, ch.measured, ch.kind, ch.unit) == ("rapl", True, "counter", "uj")
         assert ch.to_si == pytest.approx(1e-6)
-        assert ch.range_raw == DEFAULT_RANGE_UJ
+        assert ch.max_raw == DEFAULT_RANGE_UJ
     statuses = src.status()
     assert sorted(st.domain for st in statuses) == sorted(chans)
     assert all(st.available and st.reason == "" and st.source == "rapl" for st in statuses)

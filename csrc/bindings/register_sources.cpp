@@ -29,8 +29,12 @@ void register_sources(py::module_& m) {
                              "'counter' (cumulative energy) or 'power' (instantaneous power).")
       .def_readonly("unit", &ChannelInfo::unit, "Raw unit: 'uj', 'mj' or 'mw'.")
       .def_readonly("to_si", &ChannelInfo::to_si, "Factor from the raw unit to J or W.")
-      .def_readonly("range_raw", &ChannelInfo::range_raw,
-                    "Counter range in raw units (wraps modulo it); 0 = never wraps.")
+      .def_readonly("max_raw", &ChannelInfo::max_raw,
+                    "Largest raw counter value before it wraps to 0 (modulus max_raw + 1); "
+                    "0 = never wraps.")
+      .def_readonly("max_power_w", &ChannelInfo::max_power_w,
+                    "Most power (W) the channel can plausibly draw (enforced limit or zone "
+                    "maximum where known); 0 = unknown.")
       .def_readonly("detail", &ChannelInfo::detail, "Zone path or device name and UUID.")
       .def("__repr__", [](const ChannelInfo& c) {
         return "ChannelInfo(domain='" + c.domain + "', source='" + c.source + "', kind='" +

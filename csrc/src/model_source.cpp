@@ -56,7 +56,7 @@ ModelSource::ModelSource(const std::string& stat_path, double joules_per_busy_ji
       ch.kind = ChannelKind::counter;
       ch.unit = "jiffies";
       ch.to_si = joules_per_busy_jiffy;
-      ch.range_raw = 0;
+      ch.max_raw = 0;
       ch.detail = std::move(detail);
       st.available = true;
     }

@@ -440,7 +440,7 @@ void NvmlSource::Impl::add_device(std::size_t position, const VisibleEntry& entr
   ch.in_total = true;
   ch.detail = dev.detail;
   ch.to_si = 1e-3;
-  ch.range_raw = 0;  // a 64-bit millijoule count since driver load: never wraps in practice
+  ch.max_raw = 0;  // a 64-bit millijoule count since driver load: never wraps in practice
 
   // Prefer the energy counter (Volta and newer): it integrates on the GPU
   // at its own rate, so nothing between our samples is lost.

@@ -172,7 +172,8 @@ RaplSource::RaplSource(const std::string& root) {
     ch.kind = ChannelKind::counter;
     ch.unit = "uj";
     ch.to_si = 1e-6;
-    ch.range_raw = range;
+    ch.max_raw = range;  // max_energy_range_uj is the largest value the counter shows
+    ch.max_power_w = max_power_w;
     ch.detail = z.dir;
     channels_.push_back(ch);
     files_.push_back(std::move(file));

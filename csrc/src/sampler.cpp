@@ -165,7 +165,7 @@ void Sampler::sample_locked(bool push, std::int64_t* t_out, std::uint64_t* v_out
       ++failed_per_channel_[i];
       failed_.fetch_add(1, std::memory_order_relaxed);
     } else if (ch.kind == ChannelKind::counter) {
-      if (have_last_[i]) cumulative_[i] += counter_delta(last_raw_[i], raw_[i], ch.range_raw);
+      if (have_last_[i]) cumulative_[i] += counter_delta(last_raw_[i], raw_[i], ch.max_raw);
       last_raw_[i] = raw_[i];
       have_last_[i] = true;
     } else {

@@ -39,9 +39,14 @@ class ChannelInfo:
         False for modelled domains.
         """
     @property
-    def range_raw(self) -> int:
+    def max_raw(self) -> int:
         """
-        Counter range in raw units (wraps modulo it); 0 = never wraps.
+        Largest raw counter value before it wraps to 0 (modulus max_raw + 1); 0 = never wraps.
+        """
+    @property
+    def max_power_w(self) -> float:
+        """
+        Most power (W) the channel can plausibly draw (enforced limit or zone maximum where known); 0 = unknown.
         """
     @property
     def source(self) -> str:

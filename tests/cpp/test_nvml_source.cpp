@@ -215,7 +215,7 @@ TEST_CASE("nvml: two devices with energy counters read exactly the written milli
       CHECK(c.kind == ChannelKind::counter);
       CHECK(c.unit == "mj");
       CHECK(c.to_si == doctest::Approx(1e-3));
-      CHECK(c.range_raw == 0);
+      CHECK(c.max_raw == 0);
     }
     CHECK(ch[0].detail == "NVIDIA H100 80GB HBM3 " + kUuid0);
     CHECK(ch[1].detail == "NVIDIA A100-SXM4-40GB " + kUuid1);

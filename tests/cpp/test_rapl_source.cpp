@@ -95,8 +95,8 @@ TEST_CASE("rapl: a two-socket tree yields one channel per zone, keyed by zone na
     CHECK(ch.in_total == in_total.at(ch.domain));
     CHECK_FALSE(ch.detail.empty());
   }
-  CHECK(src.channels()[idx.at("package:0")].range_raw == kRange);
-  CHECK(src.channels()[idx.at("dram:1")].range_raw == 65712999613ULL);
+  CHECK(src.channels()[idx.at("package:0")].max_raw == kRange);
+  CHECK(src.channels()[idx.at("dram:1")].max_raw == 65712999613ULL);
 
   // Every domain is reported available, none twice.
   const auto st = src.status();

@@ -47,7 +47,7 @@ ChannelInfo counter_channel(const std::string& domain, std::uint64_t range_raw) 
   ch.kind = ChannelKind::counter;
   ch.unit = "uj";
   ch.to_si = 1e-6;
-  ch.range_raw = range_raw;
+  ch.max_raw = range_raw;
   return ch;
 }
 

@@ -8,7 +8,7 @@
 
 namespace greenml {
 
-// A counter channel reports a cumulative energy that may wrap at `range_raw`;
+// A counter channel reports a cumulative energy that may wrap after `max_raw`;
 // a power channel reports instantaneous power that the reader integrates.
 enum class ChannelKind { counter, power };
 
@@ -20,7 +20,15 @@ struct ChannelInfo {
   ChannelKind kind = ChannelKind::counter;
   std::string unit;          // raw unit: "uj", "mj" (counters) or "mw" (power)
   double to_si = 1.0;        // raw -> joules (counters) or watts (power)
-  std::uint64_t range_raw = 0;  // counter wraps modulo this; 0 = never wraps
+  // Largest raw value the counter shows before it wraps back to 0 (the
+  // counter runs over [0, max_raw] inclusive, so it wraps modulo max_raw + 1);
+  // 0 = never wraps.
+  std::uint64_t max_raw = 0;
+  // Most power (W) this channel can plausibly draw: the enforced limit or the
+  // zone's max_power where the hardware says, else a generous default; 0 =
+  // unknown. A counter step implying more than this over the elapsed time is
+  // a reset, not a wrap.
+  double max_power_w = 0.0;
   std::string detail;        // zone path or device name/UUID, for humans
 };
 
@@ -49,6 +57,11 @@ class Source {
   // sampler warns when configured slower and keeps reading at least this
   // often while paused.
   [[nodiscard]] virtual std::int64_t max_safe_period_ns() const noexcept { return INT64_MAX; }
+  // Called in a forked child from the atfork handler, before any read there.
+  // Must only set flags (async-signal-safe): the source then re-opens or
+  // re-initialises its library on its next read() in the child, and never
+  // tears down state the parent still uses.
+  virtual void after_fork_in_child() noexcept {}
 };
 
 }  // namespace greenml
