@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from ._carbon import carbon_regions
 from ._errors import ConfigError, GreenmlError, LogError, SensorError
+from ._features import features
 from ._measure import CallStats, measure
 from ._meter import Baseline, Measurement, Meter, NothingMeasuredWarning, idle_baseline, meter
 from ._records import read_log
@@ -30,12 +31,24 @@ __all__ = [
     "SensorError",
     "ShortWindowWarning",
     "carbon_regions",
+    "features",
     "idle_baseline",
     "measure",
     "meter",
     "read_log",
     "sensors",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """``greenml.zoo`` and ``greenml.study`` load on first use (they need torch, which stays
+    optional: ``import greenml`` never imports it)."""
+    if name in ("zoo", "study"):
+        import importlib
+
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 try:
     from ._core import __version__
