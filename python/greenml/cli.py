@@ -259,6 +259,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args.out, quick=args.quick)
 
 
+def _cmd_study(args: argparse.Namespace) -> int:
+    from .study._cli import main as study_main
+
+    return study_main(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="greenml", description="Energy profiler for machine learning."
@@ -305,6 +311,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="greenml-demo", help="directory for the log and plot")
     p.add_argument("--quick", action="store_true", help="a few seconds instead of ~30")
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("study", help="the energy study: models x batch sizes x phases, analysed")
+    from .study._cli import add_arguments as add_study_arguments  # no torch import
+
+    add_study_arguments(p)
+    p.set_defaults(func=_cmd_study)
     return parser
 
 

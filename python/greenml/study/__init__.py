@@ -81,9 +81,23 @@ COLUMNS = (
 DOMAIN_PREFIX = "energy_j_"
 PHASES = ("train", "inference")
 
-__all__ = ["COLUMNS", "DOMAIN_PREFIX", "PHASES", "domain_column"]
+__all__ = ["COLUMNS", "DOMAIN_PREFIX", "PHASES", "analyze", "domain_column", "run"]
 
 
 def domain_column(domain: str) -> str:
     """The results column of one domain key: ``package:0`` -> ``energy_j_package_0``."""
     return DOMAIN_PREFIX + domain.replace(":", "_")
+
+
+def run(*args, **kwargs):  # type: ignore[no-untyped-def]
+    """Runs the sweep; see :func:`greenml.study._run.run` (imported on first call)."""
+    from ._run import run as _run
+
+    return _run(*args, **kwargs)
+
+
+def analyze(*args, **kwargs):  # type: ignore[no-untyped-def]
+    """Analyses results; see :func:`greenml.study._analyze.analyze` (imported on first call)."""
+    from ._analyze import analyze as _analyze
+
+    return _analyze(*args, **kwargs)
