@@ -278,6 +278,7 @@ class Meter:
     # -- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> "Meter":
+        self._full_rate = False
         if self._window is not None and self._window.t1_ns is None:
             return self
         self._rt.ensure_started()
@@ -306,6 +307,11 @@ class Meter:
         if w.t1_ns is not None:
             return self
         if self._sync_cuda:
+        # Full rate for the whole window where sparse samples would lose something: a
+        # power-only channel is integrated sample by sample, and a trace was asked for.
+        self._full_rate = self._rt.needs_full_rate_in_windows or self._trace_path is not None
+        if self._full_rate:
+            self._rt.sampler.add_demand(1)
             sync_cuda()
         close_window(self._rt, w)
         if self._steps_value is not None:
@@ -322,6 +328,9 @@ class Meter:
         """Resolves (and keeps) the results of a stopped meter before its samples leave the
         ring: called by the runtime's settler thread."""
         w = self._window
+        if self._full_rate:
+            self._rt.sampler.add_demand(-1)
+            self._full_rate = False
         if w is None or w.t1_ns is None or self._result is not None:
             return
         if time.monotonic_ns() - w.t1_ns < self._rt.horizon_ns() // 2:
@@ -515,7 +524,7 @@ class Meter:
         import pandas as pd
 
         w = self._current_window()
-        idx, t, e, p, _, lost = self._rt.sampler.read_indexed(max(0, w.idx0 - 1))
+        idx, t, e, p, _, lost, _ct = self._rt.sampler.read_indexed(max(0, w.idx0 - 1))
         if lost:
             warnings.warn(
                 f"the trace of meter {self.name!r} starts {((t[0] if t.size else w.t0_ns) - w.t0_ns) / 1e9:.1f} s "

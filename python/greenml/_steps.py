@@ -193,3 +193,4 @@ class StepStats:
 
 
 __all__: List[str] = ["StepStats"]
+        self._rt.edge(t)
