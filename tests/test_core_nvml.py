@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import math
+import types
 
 import pytest
-from greenml import _core
+from greenml import _core, _runtime
+from greenml._config import Settings, settings_from_env
+from greenml._errors import ConfigError
 
 from fakes import nvml as fk
 from fakes.powercap import PowercapTree
@@ -172,7 +175,7 @@ def test_given_power_channel_when_reads_fail_then_gap_is_bridged_and_reason_name
 @pytest.fixture
 def three_gpus(fake_nvml):
     for i, uuid in enumerate(UUIDS):
-        fake_nvml.add_device(uuid=uuid, name=f"NVIDIA Fake {i}", energy_mj=(i + 1) * 1_000)
+        fake_nvml.add_device(uuid=uuid, name="NVIDIA Fake A100", energy_mj=(i + 1) * 1_000)
     return fake_nvml
 
 
@@ -238,7 +241,18 @@ def test_given_missing_library_when_constructing_then_one_reason_and_no_crash(tm
     (st,) = src.status()
     assert (st.domain, st.source, st.available) == ("gpu", "nvml", False)
     assert str(missing) in st.reason
-    assert "GREENML_NVML_LIBRARY" in st.reason
+    assert "GREENML" not in st.reason  # the core knows no configuration names
+
+
+def test_given_missing_library_when_built_from_settings_then_reason_names_the_variable(tmp_path):
+    missing = tmp_path / "nowhere" / "libnvidia-ml.so.1"
+
+    src = _runtime.nvml_source(Settings(nvml_library=str(missing)), modules={})
+
+    (st,) = src.status()
+    assert str(missing) in st.reason
+    assert st.reason.endswith(
+        "install the NVIDIA driver, or set GREENML_NVML_LIBRARY to the path of libnvidia-ml.so.1")
 
 
 def test_given_driver_not_loaded_when_constructing_then_reason_says_what_to_do(fake_nvml):
@@ -283,3 +297,179 @@ def test_given_psys_package_dram_core_and_gpu_when_sampling_then_totals_never_ov
         "package:0", "dram:0", "package:1", "dram:1", "gpu:0", "gpu:1"}
     assert {c.domain for c in channels if not c.in_total} == {
         "psys", "core:0", "uncore:0", "core:1"}
+
+
+# ----------------------------------------------------------------- CUDA device order
+
+
+@pytest.fixture
+def mixed_gpus(fake_nvml):
+    """NVML index order is not PCI order, and the models differ (as on many workstations)."""
+    fake_nvml.add_device(uuid=UUIDS[0], name="Tesla T4", energy_mj=1_000, pci_bus_id="0000:81:00.0")
+    fake_nvml.add_device(uuid=UUIDS[1], name="NVIDIA A100-SXM4-40GB", energy_mj=2_000,
+                         pci_bus_id="0000:01:00.0")
+    fake_nvml.add_device(uuid=UUIDS[2], name="NVIDIA A100-SXM4-40GB", energy_mj=3_000,
+                         pci_bus_id="0000:41:00.0")
+    return fake_nvml
+
+
+def _settings(fake, **env) -> Settings:
+    return settings_from_env({"GREENML_NVML_LIBRARY": _lib(fake), **env})
+
+
+def test_given_pci_bus_id_order_when_building_from_env_then_indices_follow_bus_order(mixed_gpus):
+    src = _runtime.nvml_source(
+        _settings(mixed_gpus, CUDA_DEVICE_ORDER="PCI_BUS_ID", CUDA_VISIBLE_DEVICES="0,2"),
+        modules={})
+
+    # CUDA device 0 is the lowest bus (NVML 1), CUDA device 2 the highest (NVML 0, the T4).
+    assert _mapping(src) == {"gpu:0": (1, 2_000), "gpu:1": (0, 1_000)}
+
+
+def test_given_default_order_and_mixed_models_when_building_then_reason_instead_of_guess(
+        mixed_gpus):
+    src = _runtime.nvml_source(_settings(mixed_gpus, CUDA_VISIBLE_DEVICES="1"), modules={})
+
+    assert src.channels() == []
+    (st,) = src.status()
+    assert (st.domain, st.available) == ("gpu:0", False)
+    assert 'CUDA_VISIBLE_DEVICES entry "1" names CUDA device 1' in st.reason
+    assert "Tesla T4" in st.reason and "NVIDIA A100-SXM4-40GB" in st.reason
+    assert "CUDA_DEVICE_ORDER=PCI_BUS_ID" in st.reason
+    assert "torch.cuda.init()" in st.reason  # the Python layer's way out
+
+
+def test_given_default_order_and_one_model_when_building_then_bus_order_is_exact(mixed_gpus):
+    mixed_gpus.add_device(uuid="GPU-44444444-dddd-4000-8000-000000000000", name="Tesla T4",
+                          energy_mj=4_000, pci_bus_id="0000:02:00.0")
+    src = _runtime.nvml_source(_settings(mixed_gpus, CUDA_VISIBLE_DEVICES="0,3"), modules={})
+    # Four GPUs of two models: still ambiguous, every listed index is a reason.
+    assert src.channels() == [] and len(src.status()) == 2
+
+    for i in range(4):
+        (mixed_gpus.dir / str(i) / "name").write_text("NVIDIA H100\n")
+    src = _runtime.nvml_source(_settings(mixed_gpus, CUDA_VISIBLE_DEVICES="0,3"), modules={})
+    raw = {ch.domain: v for ch, v in zip(src.channels(), src.read()[0])}
+    assert raw == {"gpu:0": 2_000, "gpu:1": 1_000}  # buses 0x01 and 0x81
+
+
+def _fake_torch(uuids, initialized=True):
+    """Just the part of torch.cuda that greenml asks, as torch answers it."""
+    props = [types.SimpleNamespace(uuid=u) for u in uuids]
+    cuda = types.SimpleNamespace(is_initialized=lambda: initialized,
+                                 device_count=lambda: len(props),
+                                 get_device_properties=lambda i: props[i])
+    return types.SimpleNamespace(cuda=cuda)
+
+
+def test_given_torch_initialised_cuda_when_building_then_gpus_match_its_uuids(mixed_gpus):
+    # torch prints UUIDs without the "GPU-" prefix; CUDA_VISIBLE_DEVICES is already applied.
+    torch = _fake_torch([UUIDS[2][4:], UUIDS[0][4:]])
+
+    src = _runtime.nvml_source(_settings(mixed_gpus, CUDA_VISIBLE_DEVICES="2,0"),
+                               modules={"torch": torch})
+
+    assert _mapping(src) == {"gpu:0": (2, 3_000), "gpu:1": (0, 1_000)}
+
+
+def test_given_torch_absent_uninitialised_or_broken_when_asking_then_no_uuids():
+    assert _runtime.cuda_runtime_uuids({}) is None
+    assert _runtime.cuda_runtime_uuids({"torch": _fake_torch(["x"], initialized=False)}) is None
+
+    def boom(i):
+        raise RuntimeError("CUDA error: no kernel image")
+
+    broken = _fake_torch(["x"])
+    broken.cuda.get_device_properties = boom
+    assert _runtime.cuda_runtime_uuids({"torch": broken}) is None
+    assert _runtime.cuda_runtime_uuids({"torch": _fake_torch(["a", "b"])}) == ["a", "b"]
+
+
+def test_given_real_torch_without_cuda_when_asking_then_no_uuids_and_no_cuda_init():
+    torch = pytest.importorskip("torch")
+
+    assert _runtime.cuda_runtime_uuids({"torch": torch}) is None
+    assert not torch.cuda.is_initialized()
+
+
+@pytest.mark.parametrize("value", ["pci_bus_id", "PCI", "fastest", "1"])
+def test_given_invalid_cuda_device_order_when_reading_env_then_config_error(value):
+    with pytest.raises(ConfigError) as info:
+        settings_from_env({"CUDA_DEVICE_ORDER": value})
+
+    message = str(info.value)
+    assert f"CUDA_DEVICE_ORDER={value!r}" in message
+    assert "PCI_BUS_ID" in message and "FASTEST_FIRST" in message
+
+
+@pytest.mark.parametrize("value,expected", [("PCI_BUS_ID", "PCI_BUS_ID"),
+                                            ("FASTEST_FIRST", "FASTEST_FIRST"),
+                                            (" PCI_BUS_ID ", "PCI_BUS_ID"), ("", None)])
+def test_given_cuda_device_order_when_reading_env_then_settings_hold_it(value, expected):
+    assert settings_from_env({"CUDA_DEVICE_ORDER": value}).cuda_device_order == expected
+    assert settings_from_env({}).cuda_device_order is None
+
+
+def test_given_unknown_order_when_constructing_directly_then_value_error(fake_nvml):
+    with pytest.raises(ValueError, match="PCI_BUS_ID"):
+        _core.NvmlSource(_lib(fake_nvml), None, cuda_device_order="pci")
+
+
+# ----------------------------------------------------------------- channel facts
+
+
+def test_given_power_limits_when_listing_then_max_power_is_a_generous_bound(fake_nvml):
+    fake_nvml.add_device(uuid=UUIDS[0], power_limit_mw=300_000, power_max_limit_mw=400_000)
+    fake_nvml.add_device(uuid=UUIDS[1])
+
+    a, b = _core.NvmlSource(_lib(fake_nvml)).channels()
+
+    assert a.max_power_w == pytest.approx(600.0)  # 1.5 x the largest settable limit
+    assert b.max_power_w == pytest.approx(1500.0)  # nothing known
+    assert a.max_raw == 0 and a.power_window_ns == -1  # counters never wrap; no window
+
+
+def test_given_power_only_gpus_when_listing_then_averaging_window_is_exposed(fake_nvml):
+    fake_nvml.add_device(uuid=UUIDS[0], energy_mj=None, power_mw=1, cuda_cc="8.9")
+    fake_nvml.add_device(uuid=UUIDS[1], energy_mj=None, power_mw=1, cuda_cc="7.0")
+    fake_nvml.add_device(uuid=UUIDS[2], energy_mj=None, power_mw=1)
+
+    windows = [c.power_window_ns for c in _core.NvmlSource(_lib(fake_nvml)).channels()]
+
+    assert windows == [1_000_000_000, 0, -1]
+
+
+# ----------------------------------------------------------------- the fake's mid-run events
+
+
+def test_given_fake_counter_reset_when_reading_then_source_reports_the_small_value(fake_nvml):
+    fake_nvml.add_device(uuid=UUIDS[0], energy_mj=9_000_000)
+    fake_nvml.add_device(uuid=UUIDS[1])
+    fake_nvml.set_profile(1, base_w=100.0, update_ms=1.0, t0_ns=fk.time_ns_monotonic() - 10**10)
+    src = _core.NvmlSource(_lib(fake_nvml))
+    before = _raw(src)
+    assert before["gpu:0"] == (9_000_000, True) and before["gpu:1"][0] >= 1_000_000
+
+    fake_nvml.reset_counter(0, 25)
+    t0 = fake_nvml.reset_counter(1)
+    after = _raw(src)
+    now = fk.time_ns_monotonic()
+
+    assert after["gpu:0"] == (25, True)
+    assert after["gpu:1"][1] and after["gpu:1"][0] <= fk.profile_energy_mj(100.0, 0, 0, 1.0, t0, now)
+    assert all(st.available for st in src.status())
+
+
+def test_given_fake_gpu_lost_when_reading_then_every_read_fails_until_it_returns(fake_nvml):
+    fake_nvml.add_device(uuid=UUIDS[0], energy_mj=5)
+    fake_nvml.add_device(uuid=UUIDS[1], energy_mj=None, power_mw=7)
+    src = _core.NvmlSource(_lib(fake_nvml))
+
+    fake_nvml.lose(0)
+    fake_nvml.lose(1)
+    assert [ok for _, ok in _raw(src).values()] == [False, False]
+    assert all("NVML_ERROR_GPU_IS_LOST" in st.reason for st in src.status())
+
+    fake_nvml.lose(0, fk.SUCCESS)
+    assert _raw(src)["gpu:0"] == (5, True)
+

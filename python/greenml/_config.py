@@ -27,6 +27,7 @@ class Settings:
     interval_ms: float = DEFAULT_INTERVAL_MS
     sources: frozenset = frozenset(KNOWN_SOURCES)
     cuda_visible_devices: Optional[str] = None
+    cuda_device_order: Optional[str] = None  # CUDA_DEVICE_ORDER: PCI_BUS_ID or FASTEST_FIRST
     # Not environment variables: injection points for tests and embedders.
     proc_stat_path: str = "/proc/stat"
     cpuinfo_path: str = "/proc/cpuinfo"
@@ -70,8 +71,24 @@ def parse_sources(value: str, name: str = "GREENML_SOURCES") -> frozenset:
     return frozenset(names)
 
 
+CUDA_DEVICE_ORDERS = ("FASTEST_FIRST", "PCI_BUS_ID")
+
+
+def parse_cuda_device_order(value: str, name: str = "CUDA_DEVICE_ORDER") -> Optional[str]:
+    """CUDA's device numbering: ``PCI_BUS_ID``, ``FASTEST_FIRST``, or None when empty (unset)."""
+    v = value.strip()
+    if not v:
+        return None
+    if v not in CUDA_DEVICE_ORDERS:
+        raise ConfigError(
+            f"{name}={value!r} is not a CUDA device order; use {name}=PCI_BUS_ID (the order "
+            "nvidia-smi shows) or FASTEST_FIRST (CUDA's default), or unset it"
+        )
+    return v
+
+
 def settings_from_env(env: Optional[Mapping[str, str]] = None) -> Settings:
-    """Reads the GREENML_* variables (and CUDA_VISIBLE_DEVICES) from ``env``."""
+    """Reads the GREENML_* variables (and CUDA_VISIBLE_DEVICES, CUDA_DEVICE_ORDER) from ``env``."""
     env = os.environ if env is None else env
     kwargs: dict = {}
     if env.get("GREENML_POWERCAP_ROOT"):
@@ -84,4 +101,6 @@ def settings_from_env(env: Optional[Mapping[str, str]] = None) -> Settings:
         kwargs["sources"] = parse_sources(env["GREENML_SOURCES"])
     if "CUDA_VISIBLE_DEVICES" in env:
         kwargs["cuda_visible_devices"] = env["CUDA_VISIBLE_DEVICES"]
+    if "CUDA_DEVICE_ORDER" in env:
+        kwargs["cuda_device_order"] = parse_cuda_device_order(env["CUDA_DEVICE_ORDER"])
     return Settings(env=dict(env), **kwargs)
