@@ -716,8 +716,8 @@ def _run_demo(tmp: Path, env: Dict[str, str]) -> DemoRun:
 @pytest.fixture(scope="module")
 def estimated_demo(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("demo-estimated")
-    env = {**_nothing_env(tmp), "GREENML_CPU_TDP_W": "100"}
-    del env["GREENML_SOURCES"]  # the CPU model is the only source that works
+    env = _nothing_env(tmp)
+    del env["GREENML_SOURCES"]  # the default: estimates where no counter exists
     return _run_demo(tmp, env)
 
 
@@ -727,7 +727,7 @@ def blind_demo(tmp_path_factory):
     return _run_demo(tmp, _nothing_env(tmp))
 
 
-def test_given_cpu_tdp_when_demo_quick_then_it_writes_log_plot_and_trace(estimated_demo):
+def test_given_no_counter_when_demo_quick_then_it_writes_log_plot_and_trace(estimated_demo):
     proc, out = estimated_demo.proc, estimated_demo.out
 
     assert proc is not None, f"the demo did not finish within {DEMO_TIMEOUT_S} s"
@@ -736,13 +736,23 @@ def test_given_cpu_tdp_when_demo_quick_then_it_writes_log_plot_and_trace(estimat
     assert "estimated" in proc.stdout.lower()
     assert _png_size(out / "greenml-demo.png") == PLOT_SIZE
     trace = list(csv.DictReader(io.StringIO((out / "greenml-demo-trace.csv").read_text())))
-    assert trace and list(trace[0]) == ["t_s", "cpu:estimated_w"]
+    assert trace and list(trace[0]) == ["t_s", "cpu:estimated_w", "dram:estimated_w"]
     records = _records(out / "greenml-demo.jsonl")
     assert {(r["type"], r["name"]) for r in records} == {
         ("phase", "train"), ("phase", "inference"), ("meter", "demo")}
     meter = next(r for r in records if r["type"] == "meter")
-    assert meter["estimated_domains"] == ["cpu:estimated"]
-    assert 0 < meter["mean_power_w"] <= 100 * 1.05  # TDP x utilisation never exceeds the TDP
+    assert meter["estimated_domains"] == ["cpu:estimated", "dram:estimated"]
+    assert meter["total_kind"] == "estimated"
+    cpu_w = meter["by_domain"]["cpu:estimated"] / meter["duration_s"]
+    # Per-vCPU model: at most the table's largest full-load figure (8.96 W) per CPU, never a
+    # whole package's TDP; its uncertainty is the model's (at least +/-70 %), not the sampler's.
+    assert 0 < cpu_w <= 8.97 * (os.cpu_count() or 1)
+    assert meter["uncertainty_by_domain"]["cpu:estimated"] >= 0.7 * meter["by_domain"][
+        "cpu:estimated"]
+    assert "per-vCPU model" in meter["assumptions"]["cpu:estimated"]
+    # The human summary shows the estimate, its uncertainty and its assumptions line.
+    assert "ESTIMATED" in proc.stdout and "+/-" in proc.stdout
+    assert "cpu:estimated is a model, not a counter: per-vCPU model" in proc.stdout
 
 
 def test_given_nothing_measurable_when_demo_quick_then_exit_0_and_it_says_no_numbers(blind_demo):

@@ -55,9 +55,9 @@ def test_given_meter_and_phase_records_when_summarised_then_one_row_each_in_orde
     assert meter == {
         "type": "meter", "name": "train", "count": 1, "duration_s": 10.0, "energy_j": 1500.0,
         "uncertainty_j": 3.0, "mean_power_w": 150.0, "j_per_step": 15.0, "j_per_item": None,
-        "co2e_g": 0.2, "estimated": "",
+        "co2e_g": 0.2, "estimated": "", "assumptions": "",
     }
-    assert all(set(r) == set(_COLUMNS) for r in rows)
+    assert all(set(r) == {*_COLUMNS, "assumptions"} for r in rows)
 
 
 def test_given_phase_with_items_when_summarised_then_energy_per_item_is_reported():
@@ -168,7 +168,7 @@ def test_given_rows_when_formatted_as_csv_then_parses_back_with_empty_unknowns(r
     text = format_rows(rows, "csv")
 
     parsed = list(csv.DictReader(io.StringIO(text)))
-    assert list(parsed[0]) == _COLUMNS
+    assert list(parsed[0]) == [*_COLUMNS, "assumptions"]
     assert len(parsed) == len(rows)
     assert parsed[0]["estimated"] == "cpu:estimated,dram:estimated"  # quoted, one cell
     assert parsed[1]["energy_j"] == ""
@@ -206,7 +206,7 @@ def test_given_a_name_with_a_pipe_when_formatted_as_markdown_then_still_one_cell
 def test_given_no_rows_when_formatted_then_headers_only():
     assert format_rows([]).splitlines()[0].split() == _COLUMNS
     assert json.loads(format_rows([], "json")) == []
-    assert format_rows([], "csv").splitlines() == [",".join(_COLUMNS)]
+    assert format_rows([], "csv").splitlines() == [",".join([*_COLUMNS, "assumptions"])]
 
 
 def test_given_unknown_format_when_formatting_then_error_names_the_choices(rows):
@@ -245,7 +245,7 @@ def test_given_a_full_result_when_described_then_every_fact_is_on_its_line():
     assert "468 J  (ESTIMATED)" in by_domain["cpu:estimated"]
     assert "900 J  (measured, not in total)" in by_domain["psys"]
     assert "  carbon: 0.3243 gCO2e at 472.94 g/kWh (World 2024; PUE 1.2)" in lines
-    assert any(line.startswith("  note: estimated domains") for line in lines)
+    assert "  cpu:estimated: a model" in lines  # no assumptions recorded: still labelled
     assert "above idle" not in text
     assert "not measured" not in text
 

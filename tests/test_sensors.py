@@ -124,7 +124,8 @@ def test_given_no_package_and_tdp_in_env_when_listing_then_cpu_estimated_is_avai
                                        GREENML_CPU_TDP_W="100"))
 
     assert _table(sensors) == {"psys": ("rapl", True, True),
-                               "cpu:estimated": ("model", False, True)}
+                               "cpu:estimated": ("model", False, True),
+                               "dram:estimated": ("model", False, True)}
     _assert_reasons_consistent(sensors)
 
 
@@ -169,19 +170,31 @@ def _settings(cpuinfo, stat, env, root="/nonexistent/powercap"):
                     cpuinfo_path=str(cpuinfo), proc_stat_path=str(stat), env=env)
 
 
-def test_given_unknown_cpu_and_no_tdp_when_listing_then_estimate_unavailable_naming_the_variable(
+def test_given_unknown_cpu_and_no_tdp_when_listing_then_estimate_uses_the_average_and_says_so(
         fake_proc):
     cpuinfo, stat, _ = fake_proc
 
     sources, extra = _runtime.build_sources(_settings(cpuinfo, stat, env={}))
     sensors = _runtime.sensors_of(sources, extra)
 
-    table = _table(sensors)
-    assert table["cpu:estimated"] == ("model", False, False)
-    reason = {s.domain: s.reason for s in sensors}["cpu:estimated"]
-    assert "GREENML_CPU_TDP_W" in reason
-    assert "Acme Frobnicator 9000" in reason
-    assert [s.name for s in sources] == ["rapl"]  # no model source without a power figure
+    assert _table(sensors)["cpu:estimated"] == ("model", False, True)
+    (ch,) = [c for s in sources for c in s.channels() if c.domain == "cpu:estimated"]
+    assert "per-vCPU model" in ch.detail and "average of 20 architectures" in ch.detail
+    assert ch.rel_uncertainty == 1.0
+
+
+def test_given_estimates_off_when_listing_then_model_domains_say_why(fake_proc):
+    cpuinfo, stat, _ = fake_proc
+    from dataclasses import replace
+
+    settings = replace(_settings(cpuinfo, stat, env={}), estimate=False)
+    sources, extra = _runtime.build_sources(settings)
+    sensors = _runtime.sensors_of(sources, extra)
+
+    assert [s.name for s in sources] == ["rapl"]
+    reasons = {s.domain: s.reason for s in sensors if s.source == "model"}
+    assert set(reasons) == {"cpu:estimated", "dram:estimated"}
+    assert all("GREENML_ESTIMATE=off" in r for r in reasons.values())
 
 
 def test_given_unknown_cpu_and_tdp_when_sampling_then_estimate_is_tdp_times_utilisation(
@@ -197,10 +210,11 @@ def test_given_unknown_cpu_and_tdp_when_sampling_then_estimate_is_tdp_times_util
     (col,) = [i for i, c in enumerate(sampler.channels()) if c.domain == "cpu:estimated"]
     ch = sampler.channels()[col]
     assert (ch.measured, ch.in_total, ch.source) == (False, True, "model")
-    # Every CPU busy for one second: cpus x ticks busy jiffies -> TDP x 1 s = 100 J.
-    set_busy(1_000 + (os.cpu_count() or 1) * os.sysconf("SC_CLK_TCK"))
-    _, _, energy, _ = sampler.read_now()
-    assert energy[col] == pytest.approx(100.0, rel=1e-9)
+    # Both CPUs of the fake machine busy for 0.1 s: 2 x ticks / 10 busy jiffies -> TDP x 0.1 s.
+    # (A bigger jump between two reads would exceed what the channel can draw: a reset.)
+    set_busy(1_000 + 2 * os.sysconf("SC_CLK_TCK") // 10)
+    energy = sampler.read_now()[2]
+    assert energy[col] == pytest.approx(10.0, rel=1e-6)
 
 
 def test_given_invalid_tdp_when_model_is_consulted_then_config_error_names_it(tmp_path):

@@ -35,10 +35,10 @@ void register_sources(py::module_& m) {
       .def_readonly("max_power_w", &ChannelInfo::max_power_w,
                     "Most power (W) the channel can plausibly draw (enforced limit or zone "
                     "maximum where known); 0 = unknown.")
-      .def_readonly("power_window_ns", &ChannelInfo::power_window_ns,
-                    "Power channels: each reading is the mean over this trailing window (ns); "
-                    "0 = instantaneous; -1 = unknown, or not a power channel.")
-      .def_readonly("detail", &ChannelInfo::detail, "Zone path or device name and UUID.")
+      .def_readonly("detail", &ChannelInfo::detail,
+                    "Zone path or device name and UUID; for a modelled domain, its assumptions.")
+      .def_readonly("rel_uncertainty", &ChannelInfo::rel_uncertainty,
+                    "Relative error bound of a modelled channel (0.5 = +/-50%); 0 if measured.")
       .def("__repr__", [](const ChannelInfo& c) {
         return "ChannelInfo(domain='" + c.domain + "', source='" + c.source + "', kind='" +
                kind_name(c.kind) + "', unit='" + c.unit + "')";
@@ -87,43 +87,47 @@ void register_sources(py::module_& m) {
 
   py::class_<NvmlSource, Source, std::shared_ptr<NvmlSource>>(
       m, "NvmlSource", "NVIDIA GPUs through NVML, loaded with dlopen.")
-      .def(py::init([](const std::string& library, std::optional<std::string> visible,
-                       std::optional<std::string> order,
-                       std::optional<std::vector<std::string>> uuids, std::string load_hint,
-                       std::string order_hint) {
-             NvmlOptions o;
-             o.library = library;
-             o.cuda_visible_devices = std::move(visible);
-             if (order.has_value() && *order == "PCI_BUS_ID") {
-               o.cuda_device_order = CudaDeviceOrder::pci_bus_id;
-             } else if (order.has_value() && *order != "FASTEST_FIRST") {
-               throw py::value_error("cuda_device_order='" + *order +
-                                     "' is not a CUDA device order; use 'PCI_BUS_ID', "
-                                     "'FASTEST_FIRST' or None (CUDA's default, FASTEST_FIRST)");
-             }
-             o.cuda_uuids = std::move(uuids);
-             o.load_hint = std::move(load_hint);
-             o.order_hint = std::move(order_hint);
+      .def(py::init([](const std::string& library, std::optional<std::string> visible) {
              py::gil_scoped_release release;
-             return std::make_shared<NvmlSource>(std::move(o));
+             return std::make_shared<NvmlSource>(library, visible);
            }),
-           py::arg("library"), py::arg("cuda_visible_devices") = py::none(), py::kw_only(),
-           py::arg("cuda_device_order") = py::none(), py::arg("cuda_uuids") = py::none(),
-           py::arg("load_hint") = "", py::arg("order_hint") = "",
-           "cuda_visible_devices and cuda_device_order: the CUDA_VISIBLE_DEVICES and "
-           "CUDA_DEVICE_ORDER values the process runs with (None = unset). cuda_uuids: the UUIDs "
-           "of cuda:0, cuda:1, ... from the loaded CUDA runtime, which then decide gpu:<i> "
-           "outright (None = no runtime to ask). load_hint and order_hint end the reasons "
-           "given when the library cannot be loaded and when CUDA's numbering of mixed GPU "
-           "models cannot be known.");
+           py::arg("library"), py::arg("cuda_visible_devices") = py::none());
+
+  py::enum_<BusyFormat>(m, "BusyFormat", "Where a CPU model reads busy CPU time.")
+      .value("proc_stat", BusyFormat::proc_stat, "/proc/stat aggregate line (jiffies)")
+      .value("cgroup2_stat", BusyFormat::cgroup2_stat, "cgroup v2 cpu.stat usage_usec")
+      .value("cgroup1_usage", BusyFormat::cgroup1_usage, "cgroup v1 cpuacct.usage (ns)");
 
   py::class_<ModelSource, Source, std::shared_ptr<ModelSource>>(
       m, "ModelSource",
-      "The estimated CPU domain: busy jiffies from /proc/stat times joules per busy jiffy.")
-      .def(py::init([](const std::string& stat_path, double joules_per_busy_jiffy,
-                       const std::string& detail) {
+      "Modelled domains as microjoule counters: cpu:estimated = cpu_idle_w x elapsed time + "
+      "cpu_busy_w_per_cpu x busy CPU-seconds (read from busy_path); dram:estimated = dram_w x "
+      "elapsed time when dram_w > 0.")
+      .def(py::init([](const std::string& busy_path, BusyFormat busy_format,
+                       double busy_seconds_per_unit, double cpu_idle_w, double cpu_busy_w_per_cpu,
+                       double cpu_max_busy_cpus, double cpu_rel_uncertainty,
+                       const std::string& cpu_detail, double dram_w,
+                       double dram_rel_uncertainty, bool dram_in_total,
+                       const std::string& dram_detail) {
+             ModelSpec spec;
+             spec.busy_path = busy_path;
+             spec.busy_format = busy_format;
+             spec.busy_seconds_per_unit = busy_seconds_per_unit;
+             spec.cpu_idle_w = cpu_idle_w;
+             spec.cpu_busy_w_per_cpu = cpu_busy_w_per_cpu;
+             spec.cpu_max_busy_cpus = cpu_max_busy_cpus;
+             spec.cpu_rel_uncertainty = cpu_rel_uncertainty;
+             spec.cpu_detail = cpu_detail;
+             spec.dram_w = dram_w;
+             spec.dram_rel_uncertainty = dram_rel_uncertainty;
+             spec.dram_in_total = dram_in_total;
+             spec.dram_detail = dram_detail;
              py::gil_scoped_release release;
-             return std::make_shared<ModelSource>(stat_path, joules_per_busy_jiffy, detail);
+             return std::make_shared<ModelSource>(std::move(spec));
            }),
-           py::arg("stat_path"), py::arg("joules_per_busy_jiffy"), py::arg("detail") = "");
+           py::arg("busy_path"), py::arg("busy_format"), py::arg("busy_seconds_per_unit"),
+           py::arg("cpu_idle_w"), py::arg("cpu_busy_w_per_cpu"), py::arg("cpu_max_busy_cpus"),
+           py::arg("cpu_rel_uncertainty") = 0.0, py::arg("cpu_detail") = "",
+           py::arg("dram_w") = 0.0, py::arg("dram_rel_uncertainty") = 0.0,
+           py::arg("dram_in_total") = true, py::arg("dram_detail") = "");
 }

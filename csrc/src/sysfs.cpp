@@ -81,4 +81,14 @@ std::optional<std::uint64_t> OpenCounterFile::read_u64() const noexcept {
   return parse_u64(std::string_view(buf, static_cast<std::size_t>(n)));
 }
 
+std::optional<std::size_t> OpenCounterFile::read_prefix(char* buf, std::size_t size) const noexcept {
+  if (fd_ < 0 || size == 0) return std::nullopt;
+  ssize_t n;
+  do {
+    n = ::pread(fd_, buf, size, 0);
+  } while (n < 0 && errno == EINTR);
+  if (n <= 0) return std::nullopt;
+  return static_cast<std::size_t>(n);
+}
+
 }  // namespace greenml

@@ -27,10 +27,13 @@ class Settings:
     interval_ms: float = DEFAULT_INTERVAL_MS
     sources: frozenset = frozenset(KNOWN_SOURCES)
     cuda_visible_devices: Optional[str] = None
-    cuda_device_order: Optional[str] = None  # CUDA_DEVICE_ORDER: PCI_BUS_ID or FASTEST_FIRST
     # Not environment variables: injection points for tests and embedders.
     proc_stat_path: str = "/proc/stat"
     cpuinfo_path: str = "/proc/cpuinfo"
+    meminfo_path: str = "/proc/meminfo"
+    cgroup_root: str = "/sys/fs/cgroup"
+    proc_self_cgroup_path: str = "/proc/self/cgroup"
+    estimate: bool = True  # GREENML_ESTIMATE: modelled domains where no counter exists
     env: Optional[Mapping[str, str]] = None  # where GREENML_CPU_TDP_W etc. were read from
 
     @property
@@ -71,6 +74,24 @@ def parse_sources(value: str, name: str = "GREENML_SOURCES") -> frozenset:
     return frozenset(names)
 
 
+_ON = ("on", "1", "true", "yes")
+_OFF = ("off", "0", "false", "no")
+
+
+def parse_estimate(value: str, name: str = "GREENML_ESTIMATE") -> bool:
+    """Whether modelled domains (``cpu:estimated``, ``dram:estimated``) are allowed."""
+    v = value.strip().lower()
+    if v in _ON:
+        return True
+    if v in _OFF:
+        return False
+    raise ConfigError(
+        f"{name}={value!r} is not on or off; use {name}=off for measured numbers only, "
+        f"or on (the default) for labelled estimates where no counter exists "
+        f"(accepted: {', '.join(_ON + _OFF)})"
+    )
+
+
 CUDA_DEVICE_ORDERS = ("FASTEST_FIRST", "PCI_BUS_ID")
 
 
@@ -88,7 +109,7 @@ def parse_cuda_device_order(value: str, name: str = "CUDA_DEVICE_ORDER") -> Opti
 
 
 def settings_from_env(env: Optional[Mapping[str, str]] = None) -> Settings:
-    """Reads the GREENML_* variables (and CUDA_VISIBLE_DEVICES, CUDA_DEVICE_ORDER) from ``env``."""
+    """Reads the GREENML_* variables (and CUDA_VISIBLE_DEVICES) from ``env``."""
     env = os.environ if env is None else env
     kwargs: dict = {}
     if env.get("GREENML_POWERCAP_ROOT"):
@@ -99,8 +120,8 @@ def settings_from_env(env: Optional[Mapping[str, str]] = None) -> Settings:
         kwargs["interval_ms"] = parse_interval_ms(env["GREENML_INTERVAL_MS"])
     if env.get("GREENML_SOURCES") is not None:
         kwargs["sources"] = parse_sources(env["GREENML_SOURCES"])
+    if env.get("GREENML_ESTIMATE") is not None:
+        kwargs["estimate"] = parse_estimate(env["GREENML_ESTIMATE"])
     if "CUDA_VISIBLE_DEVICES" in env:
         kwargs["cuda_visible_devices"] = env["CUDA_VISIBLE_DEVICES"]
-    if "CUDA_DEVICE_ORDER" in env:
-        kwargs["cuda_device_order"] = parse_cuda_device_order(env["CUDA_DEVICE_ORDER"])
     return Settings(env=dict(env), **kwargs)

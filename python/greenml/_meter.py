@@ -94,8 +94,11 @@ class Measurement:
         count: int = 1,
         unavailable: Optional[Dict[str, str]] = None,
         t_start_unix: Optional[float] = None,
+        assumptions: Optional[Dict[str, str]] = None,
     ) -> None:
         self.name = name
+        #: Per estimated domain, the model's assumptions in one line.
+        self.assumptions = dict(assumptions or {})
         self.kind = kind
         self.duration_s = duration_s
         self.by_domain = by_domain
@@ -145,6 +148,14 @@ class Measurement:
     def estimated_domains(self) -> List[str]:
         return [d for d, m in self.measured.items() if not m]
 
+    @property
+    def total_kind(self) -> str:
+        """``"measured"``, ``"estimated"`` or ``"mixed"``: what the total adds up."""
+        kinds = {self.measured.get(d, True) for d in self.by_domain if self._in_total.get(d)}
+        if kinds == {False}:
+            return "estimated"
+        return "mixed" if len(kinds) > 1 else "measured"
+
     def to_dict(self) -> Dict[str, Any]:
         d: Dict[str, Any] = {
             "type": self.kind,
@@ -159,6 +170,8 @@ class Measurement:
             "in_total": {k: self._in_total.get(k, False) for k in self.by_domain},
             "measured": dict(self.measured),
             "estimated_domains": self.estimated_domains,
+            "total_kind": self.total_kind,
+            "assumptions": dict(self.assumptions),
             "unavailable": dict(self.unavailable),
             "settled": self.settled,
             "co2e_g": _num(self.co2e_g),
@@ -278,7 +291,6 @@ class Meter:
     # -- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> "Meter":
-        self._full_rate = False
         if self._window is not None and self._window.t1_ns is None:
             return self
         self._rt.ensure_started()
@@ -307,11 +319,6 @@ class Meter:
         if w.t1_ns is not None:
             return self
         if self._sync_cuda:
-        # Full rate for the whole window where sparse samples would lose something: a
-        # power-only channel is integrated sample by sample, and a trace was asked for.
-        self._full_rate = self._rt.needs_full_rate_in_windows or self._trace_path is not None
-        if self._full_rate:
-            self._rt.sampler.add_demand(1)
             sync_cuda()
         close_window(self._rt, w)
         if self._steps_value is not None:
@@ -328,9 +335,6 @@ class Meter:
         """Resolves (and keeps) the results of a stopped meter before its samples leave the
         ring: called by the runtime's settler thread."""
         w = self._window
-        if self._full_rate:
-            self._rt.sampler.add_demand(-1)
-            self._full_rate = False
         if w is None or w.t1_ns is None or self._result is not None:
             return
         if time.monotonic_ns() - w.t1_ns < self._rt.horizon_ns() // 2:
@@ -459,6 +463,7 @@ class Meter:
             count=len(windows),
             unavailable=unavailable,
             t_start_unix=self._t_start_unix,
+            assumptions={ch.domain: ch.detail for ch in channels if not ch.measured},
         )
 
     @property
@@ -524,7 +529,7 @@ class Meter:
         import pandas as pd
 
         w = self._current_window()
-        idx, t, e, p, _, lost, _ct = self._rt.sampler.read_indexed(max(0, w.idx0 - 1))
+        idx, t, e, p, _, lost = self._rt.sampler.read_indexed(max(0, w.idx0 - 1))
         if lost:
             warnings.warn(
                 f"the trace of meter {self.name!r} starts {((t[0] if t.size else w.t0_ns) - w.t0_ns) / 1e9:.1f} s "

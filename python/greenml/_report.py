@@ -73,6 +73,7 @@ def summary_rows(records: Iterable[Dict[str, Any]]) -> List[Dict[str, Any]]:
                 "j_per_item": _f(r.get("energy_per_item_j")),
                 "co2e_g": _f(r.get("co2e_g")),
                 "estimated": ",".join(r.get("estimated_domains") or []),
+                "assumptions": _assumptions_text(r),
             }
         )
     for c in calls.values():
@@ -87,6 +88,21 @@ def summary_rows(records: Iterable[Dict[str, Any]]) -> List[Dict[str, Any]]:
             }
         )
     return rows
+
+
+def _assumptions_text(record: Dict[str, Any]) -> str:
+    """The estimated domains' assumptions of a record, one ``domain: line`` each, joined."""
+    return " | ".join(f"{d}: {a}" for d, a in (record.get("assumptions") or {}).items() if a)
+
+
+def _assumption_notes(rows: List[Dict[str, Any]]) -> List[str]:
+    """Distinct assumptions lines of the rows, in order, for notes under a table."""
+    seen: List[str] = []
+    for r in rows:
+        for part in (r.get("assumptions") or "").split(" | "):
+            if part and part not in seen:
+                seen.append(part)
+    return seen
 
 
 def _cell(v: Any) -> str:
@@ -106,15 +122,20 @@ def format_rows(rows: List[Dict[str, Any]], fmt: str = "table") -> str:
         import io
 
         buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=_COLUMNS, extrasaction="ignore", lineterminator="\n")
+        cols = [*_COLUMNS, "assumptions"]
+        w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
         w.writeheader()
         for r in rows:
-            w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in _COLUMNS})
+            w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in cols})
         return buf.getvalue().rstrip("\n")
     cells = [[_cell(r.get(k)) for k in _COLUMNS] for r in rows]
     if fmt == "markdown":
         out = ["| " + " | ".join(_COLUMNS) + " |", "|" + "---|" * len(_COLUMNS)]
         out += ["| " + " | ".join(v.replace("|", "\\|") for v in c) + " |" for c in cells]
+        notes = _assumption_notes(rows)
+        if notes:
+            out += ["", "Estimated domains (uncertainty_j includes the model's error):"]
+            out += [f"- {n}" for n in notes]
         return "\n".join(out)
     if fmt != "table":
         raise GreenmlError(f"unknown format {fmt!r}: use table, csv, json or markdown")
@@ -122,6 +143,10 @@ def format_rows(rows: List[Dict[str, Any]], fmt: str = "table") -> str:
     out = ["  ".join(h.ljust(w) for h, w in zip(_COLUMNS, widths))]
     out.append("  ".join("-" * w for w in widths))
     out += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in cells]
+    notes = _assumption_notes(rows)
+    if notes:
+        out += ["", "estimated domains (uncertainty_j includes the model's error):"]
+        out += [f"  {n}" for n in notes]
     return "\n".join(out)
 
 
@@ -198,10 +223,14 @@ def describe_result(d: Dict[str, Any], title: str = "greenml") -> str:
         )
     else:
         unc = _f(d.get("uncertainty_j"))
+        kind = {
+            "estimated": ", ESTIMATED",
+            "mixed": ", mixes measured and estimated domains",
+        }.get(d.get("total_kind") or "", "")
         lines.append(
-            f"  energy: {energy:.4g} J (+/- {unc:.2g} J)"
+            f"  energy: {energy:.4g} J (+/- {unc:.2g} J{kind})"
             if unc is not None
-            else f"  energy: {energy:.4g} J"
+            else f"  energy: {energy:.4g} J{f' ({kind[2:]})' if kind else ''}"
         )
         lines.append(
             f"  mean power: {_cell(_f(d.get('mean_power_w')))} W"
@@ -209,10 +238,13 @@ def describe_result(d: Dict[str, Any], title: str = "greenml") -> str:
         )
     measured = d.get("measured") or {}
     in_total = d.get("in_total") or {}
+    unc_by = d.get("uncertainty_by_domain") or {}
     for dom, e in (d.get("by_domain") or {}).items():
         tag = "measured" if measured.get(dom, True) else "ESTIMATED"
         extra = "" if in_total.get(dom, True) else ", not in total"
-        lines.append(f"    {dom:<14} {_cell(_f(e)):>10} J  ({tag}{extra})")
+        u = _f(unc_by.get(dom))
+        pm = f" +/- {u:.2g} J" if u is not None else ""
+        lines.append(f"    {dom:<14} {_cell(_f(e)):>10} J{pm}  ({tag}{extra})")
     if d.get("net_energy_j") is not None:
         lines.append(f"  above idle: {_cell(_f(d.get('net_energy_j')))} J")
     carbon = d.get("carbon") or {}
@@ -222,10 +254,10 @@ def describe_result(d: Dict[str, Any], title: str = "greenml") -> str:
             f"  carbon: {d['co2e_g']:.4g} gCO2e at {carbon.get('gco2e_per_kwh')} g/kWh "
             f"({carbon.get('region')}{year}; PUE {carbon.get('pue')})"
         )
-    if d.get("estimated_domains"):
-        lines.append(
-            "  note: estimated domains come from a model (TDP x utilisation), not a counter"
-        )
+    assumptions = d.get("assumptions") or {}
+    for dom in d.get("estimated_domains") or []:
+        why = assumptions.get(dom)
+        lines.append(f"  {dom} is a model, not a counter: {why}" if why else f"  {dom}: a model")
     for dom, why in (d.get("unavailable") or {}).items():
         lines.append(f"  not measured: {dom}: {why[:160]}{'...' if len(why) > 160 else ''}")
     return "\n".join(lines)

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import atexit
 import os
-import sys
 import threading
 import warnings
 import weakref
 from dataclasses import dataclass
-from typing import Any, List, Mapping, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 from . import _core, _cpu_model
 from ._config import Settings, settings_from_env
@@ -34,32 +33,76 @@ class Sensor:
 def build_sources(settings: Settings) -> Tuple[List["_core.Source"], List[Sensor]]:
     """The sources the settings allow (GPUs first), and sensors that have no source.
 
-    The ``cpu:estimated`` model is added only when no RAPL package counter is
-    readable: a model never stands in beside a measurement of the same thing.
+    The modelled domains are added only where no counter measures the same thing:
+    ``cpu:estimated`` when no RAPL package counter is readable, ``dram:estimated``
+    when no RAPL dram counter is; neither when ``settings.estimate`` is off.
     """
     sources: List[_core.Source] = []
     extra: List[Sensor] = []
     if "nvml" in settings.sources:
-        sources.append(nvml_source(settings))
-    package_measured = False
+        sources.append(_core.NvmlSource(settings.nvml_library, settings.cuda_visible_devices))
+    package_measured = dram_measured = False
     if "rapl" in settings.sources:
         rapl = _core.RaplSource(settings.powercap_root)
         sources.append(rapl)
         package_measured = any(c.domain.startswith("package:") for c in rapl.channels())
+        dram_measured = any(c.domain.startswith("dram:") for c in rapl.channels())
     if "model" in settings.sources and not package_measured:
-        model, reason = _cpu_model.estimate_available(
-            env=settings.env, cpuinfo_path=settings.cpuinfo_path, stat_path=settings.proc_stat_path
-        )
-        if model is None:
-            extra.append(Sensor("cpu:estimated", "model", False, False, reason))
-        else:
-            ticks = os.sysconf("SC_CLK_TCK")
-            cpus = os.cpu_count() or 1
-            # busy jiffies summed over all CPUs / (cpus x ticks/s) = utilisation x seconds
-            joules_per_jiffy = model.max_power_w / (cpus * ticks)
-            detail = f"{model.max_power_w:g} W x machine utilisation ({reason})"
-            sources.append(_core.ModelSource(settings.proc_stat_path, joules_per_jiffy, detail))
+        model, model_extra = _model_source(settings, dram_measured)
+        if model is not None:
+            sources.append(model)
+        extra.extend(model_extra)
     return sources, extra
+
+
+def _model_source(
+    settings: Settings, dram_measured: bool
+) -> Tuple[Optional["_core.ModelSource"], List[Sensor]]:
+    """The ``cpu:estimated`` (and ``dram:estimated``) source, or the reasons there is none."""
+    if not settings.estimate:
+        why = (
+            "estimates are off (GREENML_ESTIMATE=off or --no-estimate): only counters are "
+            "reported; unset it for a labelled per-vCPU estimate where no counter exists"
+        )
+        return None, [Sensor(d, "model", False, False, why) for d in _model_domains(dram_measured)]
+    cpu, reason = _cpu_model.plan_cpu_estimate(
+        env=settings.env,
+        cpuinfo_path=settings.cpuinfo_path,
+        stat_path=settings.proc_stat_path,
+        cgroup_root=settings.cgroup_root,
+        proc_self_cgroup=settings.proc_self_cgroup_path,
+        clk_tck=os.sysconf("SC_CLK_TCK"),
+    )
+    if cpu is None:
+        return None, [Sensor("cpu:estimated", "model", False, False, reason)]
+    dram, dram_reason = (
+        (None, "")
+        if dram_measured
+        else _cpu_model.plan_dram_estimate(
+            settings.meminfo_path, settings.cgroup_root, settings.proc_self_cgroup_path
+        )
+    )
+    extra: List[Sensor] = []
+    if dram is None and not dram_measured:
+        extra.append(Sensor("dram:estimated", "model", False, False, dram_reason))
+    source = _core.ModelSource(
+        cpu.busy_path,
+        getattr(_core.BusyFormat, cpu.busy_format),
+        cpu.busy_seconds_per_unit,
+        cpu.idle_w,
+        cpu.busy_w_per_cpu,
+        cpu.max_busy_cpus,
+        cpu_rel_uncertainty=cpu.rel_uncertainty,
+        cpu_detail=cpu.assumptions,
+        dram_w=dram.power_w if dram else 0.0,
+        dram_rel_uncertainty=dram.rel_uncertainty if dram else 0.0,
+        dram_detail=dram.assumptions if dram else "",
+    )
+    return source, extra
+
+
+def _model_domains(dram_measured: bool) -> List[str]:
+    return ["cpu:estimated"] if dram_measured else ["cpu:estimated", "dram:estimated"]
 
 
 #: Ends the reason when libnvidia-ml cannot be loaded.
@@ -117,25 +160,12 @@ def sensors_of(sources: List["_core.Source"], extra: List[Sensor]) -> List[Senso
 
 
 class Runtime:
-    """One sampler over the sources chosen by ``settings``.
+    """One sampler over the sources chosen by ``settings``."""
 
-    The sampler runs at the configured period only while something needs it: a window edge in
-    the last ``edge_hold_ns`` (meters, phases, steps and calls call :meth:`edge`), or a demand
-    (power-only channels to integrate while a window is open, traces). Otherwise it reads every
-    ``idle_period_ns`` (0 = always full rate), and always often enough to see every wrap.
-    """
-
-    def __init__(
-        self,
-        settings: Optional[Settings] = None,
-        capacity: int = 1 << 16,
-        idle_period_ns: int = IDLE_PERIOD_NS,
-    ) -> None:
+    def __init__(self, settings: Optional[Settings] = None, capacity: int = 1 << 16) -> None:
         self.settings = settings if settings is not None else settings_from_env()
         self.sources, self.extra_sensors = build_sources(self.settings)
-        self.sampler = _core.Sampler(
-            self.sources, self.settings.interval_ns, capacity, idle_period_ns
-        )
+        self.sampler = _core.Sampler(self.sources, self.settings.interval_ns, capacity)
         self.channels = list(self.sampler.channels())
         self._lock = threading.Lock()
         self._started = False
@@ -153,6 +183,8 @@ class Runtime:
             return self.sampler
         with self._lock:
             if not self._started or self._pid != os.getpid():
+                for message in self.sampler.warnings():
+                    warnings.warn(message, RuntimeWarning, stacklevel=3)
                 self.sampler.start()
                 # One synchronous sample, so a window opened right now has a sample before it.
                 self.sampler.read_now()
@@ -167,7 +199,7 @@ class Runtime:
     def horizon_ns(self) -> int:
         """How long pending windows may wait: a quarter of the ring's history."""
         s = self.sampler
-        return max(1, s.capacity * s.period_ns // 4)  # at full rate: the ring's shortest span
+        return max(1, s.capacity * s.period_ns // 4)
 
     def register_settler(self, obj: Any) -> None:
         """``obj.settle_aging()`` will be called regularly while the sampler runs."""
@@ -217,23 +249,6 @@ def default_runtime() -> Runtime:
     rt = _default
     if rt is None:
         with _default_lock:
-#: While nothing needs full rate, the sampler reads every source this often (or more often
-#: when a counter could wrap sooner): one wake-up per second keeps an idle process idle.
-IDLE_PERIOD_NS = 1_000_000_000
-#: Events kept for results (counter resets, failed reads); older ones are dropped.
-MAX_EVENTS = 4096
-
-
-@dataclass(frozen=True)
-class ChannelEvent:
-    """Something the sampler saw on one domain between ``since_ns`` and ``t_ns``."""
-
-    t_ns: int
-    since_ns: int
-    domain: str
-    kind: str  # counter_reset, possibly_missed_wraps, read_failed, read_recovered
-
-
             if _default is None:
                 _default = Runtime()
             rt = _default
@@ -242,19 +257,6 @@ class ChannelEvent:
 
 def reset_default_runtime() -> None:
     """Stops the process-wide sampler; the next use rebuilds it from the environment."""
-        #: A power-only channel is integrated by the sampler: windows need it at full rate.
-        self.needs_full_rate_in_windows = any(c.kind == "power" for c in self.channels)
-        slow_counter = any(c.kind == "counter" and c.source == "nvml" for c in self.channels)
-        period = self.settings.interval_ns
-        #: How long after a window edge its last counter update can still arrive (ns).
-        self.settle_lag_ns = 3 * period + (250_000_000 if slow_counter else 25_000_000)
-        #: Full rate is held this long after each edge, so the updates around it are seen.
-        self.edge_hold_ns = self.settle_lag_ns + 2 * period
-        self._touch_due_ns = 0
-        self._lease_end_ns = 0
-        self._events: List[ChannelEvent] = []
-        self._events_next = 0
-        self._events_lock = threading.Lock()
     global _default
     with _default_lock:
         if _default is not None:
@@ -269,26 +271,3 @@ def _stop_at_exit() -> None:
 
 
 atexit.register(_stop_at_exit)
-    def edge(self, now_ns: int) -> bool:
-        """A window edge at ``now_ns``: keeps the sampler at full rate for ``edge_hold_ns``.
-
-        Costs a comparison while a recent edge already holds full rate. Returns True when no
-        lease covered ``now_ns`` (the sampler may have been idle, so the newest sample may be
-        old: callers that need an exact edge then take a synchronous reading)."""
-        if now_ns < self._touch_due_ns:
-            return False
-        was_idle = now_ns >= self._lease_end_ns and self.sampler.idle_period_ns != 0
-        self.sampler.touch(self.edge_hold_ns)
-        self._lease_end_ns = now_ns + self.edge_hold_ns
-        self._touch_due_ns = now_ns + self.edge_hold_ns // 2
-        return was_idle
-
-    def events(self) -> List[ChannelEvent]:
-        """Every event the sampler has reported so far (at most MAX_EVENTS, newest kept)."""
-        with self._events_lock:
-            new, self._events_next = self.sampler.events(self._events_next)
-            if new:
-                self._events.extend(ChannelEvent(*e) for e in new)
-                del self._events[:-MAX_EVENTS]
-            return list(self._events)
-

@@ -193,4 +193,3 @@ class StepStats:
 
 
 __all__: List[str] = ["StepStats"]
-        self._rt.edge(t)

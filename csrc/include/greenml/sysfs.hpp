@@ -1,6 +1,7 @@
 // Reading small numeric sysfs files without allocation on the hot path.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -31,6 +32,10 @@ class OpenCounterFile {
   [[nodiscard]] int open_errno() const noexcept { return open_errno_; }
   // One pread + parse. nullopt when the read or the parse fails.
   [[nodiscard]] std::optional<std::uint64_t> read_u64() const noexcept;
+  // One pread of at most `size` bytes from offset 0, for files with several
+  // fields (/proc/stat, cgroup cpu.stat). The bytes read, or nullopt when the
+  // read fails or the file is empty.
+  [[nodiscard]] std::optional<std::size_t> read_prefix(char* buf, std::size_t size) const noexcept;
 
  private:
   int fd_ = -1;
