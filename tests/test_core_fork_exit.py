@@ -118,6 +118,7 @@ RUNTIME_FORK_CODE = """
     from greenml import _runtime
     rt = _runtime.default_runtime()
     sampler = rt.ensure_started()
+    sampler.add_demand(1)  # full rate throughout (an idle runtime reads once a second)
     assert wait(lambda: sampler.head >= 5), "parent runtime never sampled"
     pid = os.fork()
     if pid == 0:

@@ -241,14 +241,15 @@ def test_given_small_range_when_counter_wraps_then_cumulative_energy_is_exact(
     cumulative_uj = []
     for value in (100, 950, 50):
         powercap.set_energy("package:0", value)
-        _, _, energy_j, power_w = sampler.read_now()
+        _, _, energy_j, power_w, _ = sampler.read_now()
         cumulative_uj.append(energy_j[0] * 1e6)
         assert power_w[0] != power_w[0]  # NaN: a counter has no power column
 
-    # 900 -> 100 wraps (+200), 100 -> 950 (+850), 950 -> 50 wraps (+100).
-    assert cumulative_uj == pytest.approx([200, 1050, 1150], rel=0, abs=1e-9)
+    # max_energy_range_uj = 1000: the counter shows 0..1000 inclusive and wraps modulo 1001.
+    # 900 -> 100 wraps (+201), 100 -> 950 (+850), 950 -> 50 wraps (+101).
+    assert cumulative_uj == pytest.approx([201, 1051, 1152], rel=0, abs=1e-9)
     deltas = [b - a for a, b in zip([0.0] + cumulative_uj, cumulative_uj)]
-    assert deltas == pytest.approx([200, 850, 100], rel=0, abs=1e-9)
+    assert deltas == pytest.approx([201, 850, 101], rel=0, abs=1e-9)
 
 
 def test_given_running_sampler_when_counter_wraps_many_times_then_no_wrap_is_lost(
@@ -267,9 +268,9 @@ def test_given_running_sampler_when_counter_wraps_many_times_then_no_wrap_is_los
     indices = []
     for v in values:
         powercap.set_energy("package:0", v)
-        expected_uj += (v - prev) % 1000
+        expected_uj += (v - prev) % 1001  # the counter shows 0..1000 inclusive
         prev = v
-        index, _, energy_j, _ = sampler.read_now()
+        index, _, energy_j, _, _ = sampler.read_now()
         indices.append(index)
         assert round(energy_j[cols["package:0"]] * 1e6) == expected_uj
         assert energy_j[cols["dram:0"]] == 0.0  # untouched zone does not move
@@ -277,7 +278,7 @@ def test_given_running_sampler_when_counter_wraps_many_times_then_no_wrap_is_los
     sampler.stop()
     wraps = sum(1 for a, b in zip([500] + values, values) if b < a)
     assert wraps >= 6
-    assert expected_uj == 6800  # 400+200+850+200+650+400+799+301+400+400+500+800+900
+    assert expected_uj == 6807  # 400+201+850+201+650+401+799+302+400+401+500+801+901
     # The thread's own samples agree with the manual ones: the column never
     # goes backwards and ends where the last read_now did.
     t, energy, _, _, _ = sampler.read(0)

@@ -35,6 +35,9 @@ void register_sources(py::module_& m) {
       .def_readonly("max_power_w", &ChannelInfo::max_power_w,
                     "Most power (W) the channel can plausibly draw (enforced limit or zone "
                     "maximum where known); 0 = unknown.")
+      .def_readonly("power_window_ns", &ChannelInfo::power_window_ns,
+                    "Power channels: each reading is the mean over this trailing window (ns); "
+                    "0 = instantaneous; -1 = unknown, or not a power channel.")
       .def_readonly("detail", &ChannelInfo::detail,
                     "Zone path or device name and UUID; for a modelled domain, its assumptions.")
       .def_readonly("rel_uncertainty", &ChannelInfo::rel_uncertainty,
@@ -87,11 +90,35 @@ void register_sources(py::module_& m) {
 
   py::class_<NvmlSource, Source, std::shared_ptr<NvmlSource>>(
       m, "NvmlSource", "NVIDIA GPUs through NVML, loaded with dlopen.")
-      .def(py::init([](const std::string& library, std::optional<std::string> visible) {
+      .def(py::init([](const std::string& library, std::optional<std::string> visible,
+                       std::optional<std::string> order,
+                       std::optional<std::vector<std::string>> uuids, std::string load_hint,
+                       std::string order_hint) {
+             NvmlOptions o;
+             o.library = library;
+             o.cuda_visible_devices = std::move(visible);
+             if (order.has_value() && *order == "PCI_BUS_ID") {
+               o.cuda_device_order = CudaDeviceOrder::pci_bus_id;
+             } else if (order.has_value() && *order != "FASTEST_FIRST") {
+               throw py::value_error("cuda_device_order='" + *order +
+                                     "' is not a CUDA device order; use 'PCI_BUS_ID', "
+                                     "'FASTEST_FIRST' or None (CUDA's default, FASTEST_FIRST)");
+             }
+             o.cuda_uuids = std::move(uuids);
+             o.load_hint = std::move(load_hint);
+             o.order_hint = std::move(order_hint);
              py::gil_scoped_release release;
-             return std::make_shared<NvmlSource>(library, visible);
+             return std::make_shared<NvmlSource>(std::move(o));
            }),
-           py::arg("library"), py::arg("cuda_visible_devices") = py::none());
+           py::arg("library"), py::arg("cuda_visible_devices") = py::none(), py::kw_only(),
+           py::arg("cuda_device_order") = py::none(), py::arg("cuda_uuids") = py::none(),
+           py::arg("load_hint") = "", py::arg("order_hint") = "",
+           "cuda_visible_devices and cuda_device_order: the CUDA_VISIBLE_DEVICES and "
+           "CUDA_DEVICE_ORDER values the process runs with (None = unset). cuda_uuids: the UUIDs "
+           "of cuda:0, cuda:1, ... from the loaded CUDA runtime, which then decide gpu:<i> "
+           "outright (None = no runtime to ask). load_hint and order_hint end the reasons "
+           "given when the library cannot be loaded and when CUDA's numbering of mixed GPU "
+           "models cannot be known.");
 
   py::enum_<BusyFormat>(m, "BusyFormat", "Where a CPU model reads busy CPU time.")
       .value("proc_stat", BusyFormat::proc_stat, "/proc/stat aggregate line (jiffies)")

@@ -5,12 +5,17 @@
 
 #include <dlfcn.h>
 #include <time.h>
+#include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <cstdio>
 #include <ctime>
 #include <exception>
+#include <numeric>
+#include <set>
+#include <tuple>
 #include <utility>
 
 namespace greenml {
@@ -24,20 +29,55 @@ using nvmlDevice_t = nvmlDevice_st*;
 
 constexpr nvmlReturn_t kNvmlSuccess = 0;
 constexpr nvmlReturn_t kNvmlNotSupported = 3;
+constexpr nvmlReturn_t kNvmlFunctionNotFound = 13;  // the closest code for a missing symbol
 
 // NVML_DEVICE_UUID_V2_BUFFER_SIZE and NVML_DEVICE_NAME_V2_BUFFER_SIZE: the
 // largest buffers NVML asks for, so no valid name or UUID is truncated.
 constexpr unsigned int kUuidBufferSize = 96;
 constexpr unsigned int kNameBufferSize = 96;
 
+// nvml.h's nvmlPciInfo_t, the layout nvmlDeviceGetPciInfo_v3 fills.
+struct NvmlPciInfo {
+  char bus_id_legacy[16];
+  unsigned int domain;
+  unsigned int bus;
+  unsigned int device;
+  unsigned int pci_device_id;
+  unsigned int pci_subsystem_id;
+  char bus_id[32];
+};
+static_assert(sizeof(NvmlPciInfo) == 68, "nvmlPciInfo_t is 68 bytes in nvml.h");
+
 using InitFn = nvmlReturn_t (*)();
 using ShutdownFn = nvmlReturn_t (*)();
 using GetCountFn = nvmlReturn_t (*)(unsigned int*);
 using GetHandleFn = nvmlReturn_t (*)(unsigned int, nvmlDevice_t*);
+using GetHandleByUuidFn = nvmlReturn_t (*)(const char*, nvmlDevice_t*);
 using GetStringFn = nvmlReturn_t (*)(nvmlDevice_t, char*, unsigned int);
 using GetEnergyFn = nvmlReturn_t (*)(nvmlDevice_t, unsigned long long*);
-using GetPowerFn = nvmlReturn_t (*)(nvmlDevice_t, unsigned int*);
+using GetUintFn = nvmlReturn_t (*)(nvmlDevice_t, unsigned int*);
+using GetLimitRangeFn = nvmlReturn_t (*)(nvmlDevice_t, unsigned int*, unsigned int*);
+using GetPciFn = nvmlReturn_t (*)(nvmlDevice_t, NvmlPciInfo*);
+using GetComputeCapabilityFn = nvmlReturn_t (*)(nvmlDevice_t, int*, int*);
 using ErrorStringFn = const char* (*)(nvmlReturn_t);
+
+// The NVML entry points greenml uses; each is null when the library lacks it.
+struct NvmlApi {
+  InitFn init = nullptr;
+  ShutdownFn shutdown = nullptr;
+  GetCountFn get_count = nullptr;
+  GetHandleFn get_handle = nullptr;
+  GetHandleByUuidFn get_handle_by_uuid = nullptr;
+  GetStringFn get_uuid = nullptr;
+  GetStringFn get_name = nullptr;
+  GetPciFn get_pci = nullptr;
+  GetEnergyFn get_energy = nullptr;
+  GetUintFn get_power = nullptr;
+  GetUintFn get_enforced_limit = nullptr;
+  GetLimitRangeFn get_limit_range = nullptr;
+  GetComputeCapabilityFn get_compute_capability = nullptr;
+  ErrorStringFn error_string = nullptr;
+};
 
 struct ErrorInfo {
   nvmlReturn_t code;
@@ -127,6 +167,12 @@ constexpr ErrorInfo kErrors[] = {
   }
 }
 
+// "GPU-1234abcd-..." and "1234abcd-..." name the same GPU: CUDA and torch
+// sometimes leave the prefix out.
+[[nodiscard]] std::string without_gpu_prefix(const std::string& uuid) {
+  return starts_with_nocase(uuid, "GPU-") ? uuid.substr(4) : uuid;
+}
+
 [[nodiscard]] std::int64_t realtime_ns() noexcept {
   timespec ts{};
   clock_gettime(CLOCK_REALTIME, &ts);
@@ -147,32 +193,86 @@ constexpr ErrorInfo kErrors[] = {
   return buf;
 }
 
-// One entry of the visible list: an NVML device index, or a MIG instance.
-struct VisibleEntry {
-  bool mig = false;
-  unsigned int nvml_index = 0;
-  std::string token;  // as written in CUDA_VISIBLE_DEVICES
-};
-
-// What we learn about every NVML device before applying the visible list:
-// UUID matching needs all of them.
+// What we learn about every NVML device before choosing the visible ones:
+// UUID matching and CUDA's numbering need all of them.
 struct NvmlDeviceInfo {
   nvmlDevice_t handle = nullptr;
   nvmlReturn_t handle_rc = kNvmlSuccess;
   std::string uuid;  // empty when unknown
-  nvmlReturn_t uuid_rc = kNvmlSuccess;
+  std::string name;  // empty when unknown
+  bool has_pci = false;
+  std::tuple<unsigned int, unsigned int, unsigned int> pci{};  // domain, bus, device
 };
+
+// One gpu:<i>, before it is opened.
+struct VisibleEntry {
+  enum class Kind {
+    gpu,            // a whole GPU: nvml_index
+    mig,            // a MIG instance: no energy of its own
+    unknown_order,  // CUDA device cuda_index, whose NVML device cannot be known
+    unmatched,      // a CUDA runtime UUID that no NVML device has
+  };
+  Kind kind = Kind::gpu;
+  unsigned int nvml_index = 0;
+  unsigned int cuda_index = 0;
+  std::string token;  // as the user or the runtime wrote it
+};
+
+// CUDA's numbering of every device NVML sees, when it can be known.
+struct CudaOrder {
+  bool exact = false;
+  std::vector<unsigned int> to_nvml;  // CUDA index -> NVML index, when exact
+  std::string models;                 // the differing models, when not exact
+};
+
+// CUDA enumerates by PCI bus id (CUDA_DEVICE_ORDER=PCI_BUS_ID, and ties
+// under FASTEST_FIRST). NVML's own index order is documented as unstable
+// across reboots, so sort by bus id; when one cannot be read, NVML order is
+// what is left (NVML enumerates by PCI bus too in practice).
+[[nodiscard]] std::vector<unsigned int> pci_order(const std::vector<NvmlDeviceInfo>& all) {
+  std::vector<unsigned int> order(all.size());
+  std::iota(order.begin(), order.end(), 0U);
+  const bool all_known =
+      std::all_of(all.begin(), all.end(), [](const NvmlDeviceInfo& d) { return d.has_pci; });
+  if (all_known)
+    std::stable_sort(order.begin(), order.end(),
+                     [&](unsigned int a, unsigned int b) { return all[a].pci < all[b].pci; });
+  return order;
+}
+
+// "NVIDIA A100-SXM4-40GB, Tesla T4" when the devices are not all one model
+// (an unreadable name counts as different: it cannot be shown to be the
+// same); empty when they are.
+[[nodiscard]] std::string differing_models(const std::vector<NvmlDeviceInfo>& all) {
+  std::set<std::string> names;
+  for (const auto& d : all) names.insert(d.name.empty() ? "a GPU whose name NVML cannot read" : d.name);
+  if (names.size() <= 1 || all.size() <= 1) return {};
+  std::string out;
+  for (const auto& n : names) out += (out.empty() ? "" : ", ") + n;
+  return out;
+}
 
 }  // namespace
 
 struct NvmlSource::Impl {
+  // Where a channel's last failure happened, for status().
+  enum Stage : int {
+    stage_read = 0,          // reading the counter or power
+    stage_child_init = 1,    // nvmlInit in a forked child
+    stage_child_lookup = 2,  // finding the GPU again in a forked child
+  };
+
   // Hot-path state of one channel. Atomics because status() may run on
   // another thread than read(), which the sampler calls under its lock.
   struct Probe {
     nvmlDevice_t handle = nullptr;
     bool counter = true;
-    std::atomic<int> last_error{0};            // 0 = last read succeeded
+    bool usable = true;  // false after a forked child could not reopen it; read() only
+    unsigned int nvml_index = 0;
+    std::string uuid;  // NVML's spelling, to find the GPU again after a fork
+    std::atomic<int> last_error{0};               // 0 = last read succeeded
     std::atomic<std::int64_t> error_since_ns{0};  // CLOCK_REALTIME of the first failure in a row
+    std::atomic<int> stage{stage_read};
   };
 
   // One record of status(), with its channel when it has one.
@@ -182,28 +282,38 @@ struct NvmlSource::Impl {
     std::string reason;  // set when the device has no channel
     int channel = -1;
     nvmlDevice_t handle = nullptr;
+    unsigned int nvml_index = 0;
+    std::string uuid;
   };
 
-  std::string library;
+  NvmlOptions opt;
   void* lib = nullptr;
-  bool initialized = false;
-
-  ShutdownFn shutdown = nullptr;
-  GetStringFn get_uuid = nullptr;
-  GetStringFn get_name = nullptr;
-  GetEnergyFn get_energy = nullptr;
-  GetPowerFn get_power = nullptr;
-  ErrorStringFn error_string = nullptr;
+  NvmlApi api;
+  // The process that loaded the library (the only one that may unload it)
+  // and the one whose nvmlInit we hold (the only one that may shut it down).
+  pid_t opener_pid = 0;
+  pid_t init_owner_pid = 0;
+  // Set in a forked child by after_fork_in_child(): lock-free, so setting it
+  // is async-signal-safe.
+  std::atomic<bool> reopen_pending{false};
+  static_assert(std::atomic<bool>::is_always_lock_free, "after_fork_in_child must not lock");
 
   std::string global_reason;  // set when nothing at all can be read
   std::vector<Device> devices;
   std::vector<ChannelInfo> channels;
   std::vector<Probe> probes;  // parallel to channels
   std::string visible_note;   // why CUDA_VISIBLE_DEVICES enumeration stopped early
+  std::string order_models;   // the differing models when CUDA's order is unknown
 
   ~Impl() {
-    if (initialized && shutdown != nullptr) shutdown();
-    if (lib != nullptr) dlclose(lib);
+    const pid_t self = getpid();
+    // A forked child shares its parent's driver objects through inherited
+    // file descriptors: shutting down the parent's initialisation there
+    // would free them under the parent. A child shuts down only its own.
+    if (init_owner_pid == self && api.shutdown != nullptr) api.shutdown();
+    // dlclose would run the library's destructors on that shared state too;
+    // in a child the mapping goes away with the process.
+    if (lib != nullptr && opener_pid == self) dlclose(lib);
   }
 
   template <typename Fn>
@@ -214,7 +324,7 @@ struct NvmlSource::Impl {
   // "GPU is lost (NVML_ERROR_GPU_IS_LOST)"
   [[nodiscard]] std::string describe(nvmlReturn_t rc) const {
     if (const ErrorInfo* e = find_error(rc)) return std::string(e->text) + " (" + e->name + ")";
-    const char* text = error_string != nullptr ? error_string(rc) : nullptr;
+    const char* text = api.error_string != nullptr ? api.error_string(rc) : nullptr;
     return std::string(text != nullptr ? text : "NVML error") + " (NVML error " + std::to_string(rc) + ")";
   }
 
@@ -226,283 +336,527 @@ struct NvmlSource::Impl {
     return std::string("; ") + e->advice;
   }
 
-  void open(const std::optional<std::string>& cuda_visible_devices);
-  void resolve_visible(const std::optional<std::string>& cvd,
-                       const std::vector<NvmlDeviceInfo>& all, std::vector<VisibleEntry>& out);
+  // Opening, in order; each step sets global_reason and returns false when
+  // nothing can be read.
+  void open();
+  [[nodiscard]] bool load_library();
+  [[nodiscard]] bool resolve_symbols();
+  [[nodiscard]] bool initialise();
+  [[nodiscard]] bool enumerate(std::vector<NvmlDeviceInfo>& all);
+  [[nodiscard]] NvmlDeviceInfo describe_device(unsigned int index) const;
+  void explain_nothing_visible(std::size_t nvml_count);
+  void build_probes();
+
+  // Which GPU is gpu:<i>.
+  [[nodiscard]] std::vector<VisibleEntry> resolve_visible(const std::vector<NvmlDeviceInfo>& all);
+  [[nodiscard]] CudaOrder cuda_order(const std::vector<NvmlDeviceInfo>& all) const;
+  [[nodiscard]] std::vector<VisibleEntry> from_runtime(const std::vector<std::string>& uuids,
+                                                       const std::vector<NvmlDeviceInfo>& all) const;
+  [[nodiscard]] std::vector<VisibleEntry> from_list(const std::string& cvd,
+                                                    const std::vector<NvmlDeviceInfo>& all,
+                                                    const CudaOrder& order);
+  [[nodiscard]] std::string parse_entry(const std::string& token,
+                                        const std::vector<NvmlDeviceInfo>& all,
+                                        const CudaOrder& order, VisibleEntry& entry) const;
+  [[nodiscard]] std::string match_uuid_prefix(const std::string& token,
+                                              const std::vector<NvmlDeviceInfo>& all,
+                                              VisibleEntry& entry) const;
+
+  // Opening one gpu:<i>.
   void add_device(std::size_t position, const VisibleEntry& entry,
                   const std::vector<NvmlDeviceInfo>& all);
+  void open_gpu(Device& dev, const NvmlDeviceInfo& info, unsigned int nvml_index);
+  [[nodiscard]] std::string order_reason(const VisibleEntry& entry) const;
+  [[nodiscard]] double max_power_w(nvmlDevice_t handle) const;
+  [[nodiscard]] std::int64_t power_window_ns(nvmlDevice_t handle) const;
+
+  // After a fork.
+  void reopen_in_child() noexcept;
+  static void record(Probe& p, nvmlReturn_t rc, Stage stage) noexcept;
+  [[nodiscard]] std::string failure_reason(const Device& dev, const Probe& p) const;
 };
 
-void NvmlSource::Impl::open(const std::optional<std::string>& cuda_visible_devices) {
-  dlerror();  // clear any stale message so the one we report is ours
-  lib = dlopen(library.c_str(), RTLD_NOW | RTLD_LOCAL);
-  if (lib == nullptr) {
-    const char* err = dlerror();
-    global_reason = "no NVIDIA driver found: could not load " + library + " (" +
-                    (err != nullptr ? err : "unknown dlopen error") +
-                    "); install the NVIDIA driver, or set GREENML_NVML_LIBRARY to the path of "
-                    "libnvidia-ml.so.1";
+void NvmlSource::Impl::open() {
+  if (!load_library() || !resolve_symbols() || !initialise()) return;
+  std::vector<NvmlDeviceInfo> all;
+  if (!enumerate(all)) return;
+  const std::vector<VisibleEntry> visible = resolve_visible(all);
+  if (visible.empty()) {
+    explain_nothing_visible(all.size());
     return;
   }
+  for (std::size_t pos = 0; pos < visible.size(); ++pos) add_device(pos, visible[pos], all);
+  build_probes();
+}
 
+bool NvmlSource::Impl::load_library() {
+  dlerror();  // clear any stale message so the one we report is ours
+  lib = dlopen(opt.library.c_str(), RTLD_NOW | RTLD_LOCAL);
+  if (lib != nullptr) {
+    opener_pid = getpid();
+    return true;
+  }
+  const char* err = dlerror();
+  global_reason = "no NVIDIA driver found: could not load " + opt.library + " (" +
+                  (err != nullptr ? err : "unknown dlopen error") + "); install the NVIDIA driver";
+  if (!opt.load_hint.empty()) global_reason += ", or " + opt.load_hint;
+  return false;
+}
+
+bool NvmlSource::Impl::resolve_symbols() {
   // The _v2 entry points are the ones nvml.h maps its names to since 2013;
   // a library without them is too old to trust for energy readings.
-  const auto init = symbol<InitFn>("nvmlInit_v2");
-  shutdown = symbol<ShutdownFn>("nvmlShutdown");
-  const auto get_count = symbol<GetCountFn>("nvmlDeviceGetCount_v2");
-  const auto get_handle = symbol<GetHandleFn>("nvmlDeviceGetHandleByIndex_v2");
-  get_uuid = symbol<GetStringFn>("nvmlDeviceGetUUID");
-  get_name = symbol<GetStringFn>("nvmlDeviceGetName");
-  get_energy = symbol<GetEnergyFn>("nvmlDeviceGetTotalEnergyConsumption");
-  get_power = symbol<GetPowerFn>("nvmlDeviceGetPowerUsage");
-  error_string = symbol<ErrorStringFn>("nvmlErrorString");
+  api.init = symbol<InitFn>("nvmlInit_v2");
+  api.shutdown = symbol<ShutdownFn>("nvmlShutdown");
+  api.get_count = symbol<GetCountFn>("nvmlDeviceGetCount_v2");
+  api.get_handle = symbol<GetHandleFn>("nvmlDeviceGetHandleByIndex_v2");
+  api.get_handle_by_uuid = symbol<GetHandleByUuidFn>("nvmlDeviceGetHandleByUUID");
+  api.get_uuid = symbol<GetStringFn>("nvmlDeviceGetUUID");
+  api.get_name = symbol<GetStringFn>("nvmlDeviceGetName");
+  api.get_pci = symbol<GetPciFn>("nvmlDeviceGetPciInfo_v3");
+  api.get_energy = symbol<GetEnergyFn>("nvmlDeviceGetTotalEnergyConsumption");
+  api.get_power = symbol<GetUintFn>("nvmlDeviceGetPowerUsage");
+  api.get_enforced_limit = symbol<GetUintFn>("nvmlDeviceGetEnforcedPowerLimit");
+  api.get_limit_range = symbol<GetLimitRangeFn>("nvmlDeviceGetPowerManagementLimitConstraints");
+  api.get_compute_capability = symbol<GetComputeCapabilityFn>("nvmlDeviceGetCudaComputeCapability");
+  api.error_string = symbol<ErrorStringFn>("nvmlErrorString");
 
   const std::pair<const char*, bool> required[] = {
-      {"nvmlInit_v2", init != nullptr},
-      {"nvmlShutdown", shutdown != nullptr},
-      {"nvmlDeviceGetCount_v2", get_count != nullptr},
-      {"nvmlDeviceGetHandleByIndex_v2", get_handle != nullptr},
+      {"nvmlInit_v2", api.init != nullptr},
+      {"nvmlShutdown", api.shutdown != nullptr},
+      {"nvmlDeviceGetCount_v2", api.get_count != nullptr},
+      {"nvmlDeviceGetHandleByIndex_v2", api.get_handle != nullptr},
   };
   for (const auto& [sym, present] : required) {
     if (!present) {
-      global_reason = library + " lacks " + sym +
+      global_reason = opt.library + " lacks " + sym +
                       ": this NVIDIA driver is too old for greenml; update the NVIDIA driver";
-      return;
+      return false;
     }
   }
+  return true;
+}
 
-  const nvmlReturn_t init_rc = init();
-  if (init_rc != kNvmlSuccess) {
-    global_reason = "NVML failed to initialise: " + describe(init_rc) + advice(init_rc);
-    return;
+bool NvmlSource::Impl::initialise() {
+  const nvmlReturn_t rc = api.init();
+  if (rc != kNvmlSuccess) {
+    global_reason = "NVML failed to initialise: " + describe(rc) + advice(rc);
+    return false;
   }
-  initialized = true;
+  init_owner_pid = getpid();
+  return true;
+}
 
+bool NvmlSource::Impl::enumerate(std::vector<NvmlDeviceInfo>& all) {
   unsigned int count = 0;
-  const nvmlReturn_t count_rc = get_count(&count);
-  if (count_rc != kNvmlSuccess) {
-    global_reason = "NVML could not count the GPUs: " + describe(count_rc) + advice(count_rc);
-    return;
+  const nvmlReturn_t rc = api.get_count(&count);
+  if (rc != kNvmlSuccess) {
+    global_reason = "NVML could not count the GPUs: " + describe(rc) + advice(rc);
+    return false;
   }
+  all.clear();
+  for (unsigned int i = 0; i < count; ++i) all.push_back(describe_device(i));
+  return true;
+}
 
-  std::vector<NvmlDeviceInfo> all(count);
-  for (unsigned int i = 0; i < count; ++i) {
-    auto& d = all[i];
-    d.handle_rc = get_handle(i, &d.handle);
-    if (d.handle_rc != kNvmlSuccess) continue;
-    if (get_uuid == nullptr) {
-      d.uuid_rc = 13;  // NVML_ERROR_FUNCTION_NOT_FOUND: the closest code for a missing symbol
-      continue;
-    }
-    char buf[kUuidBufferSize] = {};
-    d.uuid_rc = get_uuid(d.handle, buf, kUuidBufferSize);
-    if (d.uuid_rc == kNvmlSuccess) d.uuid = buf;
+NvmlDeviceInfo NvmlSource::Impl::describe_device(unsigned int index) const {
+  NvmlDeviceInfo d;
+  d.handle_rc = api.get_handle(index, &d.handle);
+  if (d.handle_rc != kNvmlSuccess) return d;
+  char buf[kUuidBufferSize > kNameBufferSize ? kUuidBufferSize : kNameBufferSize] = {};
+  if (api.get_uuid != nullptr && api.get_uuid(d.handle, buf, kUuidBufferSize) == kNvmlSuccess)
+    d.uuid = buf;
+  buf[0] = '\0';
+  if (api.get_name != nullptr && api.get_name(d.handle, buf, kNameBufferSize) == kNvmlSuccess)
+    d.name = buf;
+  NvmlPciInfo pci{};
+  if (api.get_pci != nullptr && api.get_pci(d.handle, &pci) == kNvmlSuccess) {
+    d.has_pci = true;
+    d.pci = {pci.domain, pci.bus, pci.device};
   }
+  return d;
+}
 
-  std::vector<VisibleEntry> visible;
-  resolve_visible(cuda_visible_devices, all, visible);
-
-  if (visible.empty()) {
-    if (!cuda_visible_devices.has_value() || count == 0) {
-      global_reason =
-          "no NVIDIA GPU visible: NVML found no GPU; check that nvidia-smi lists one";
-    } else {
-      global_reason = "no NVIDIA GPU visible: CUDA_VISIBLE_DEVICES=\"" + *cuda_visible_devices +
-                      "\" hides all " + std::to_string(count) + " GPU(s) that NVML sees";
-      if (!visible_note.empty()) global_reason += " (" + visible_note + ")";
-      global_reason += "; unset CUDA_VISIBLE_DEVICES or list the GPUs to measure";
-      visible_note.clear();
-    }
-    return;
+void NvmlSource::Impl::explain_nothing_visible(std::size_t nvml_count) {
+  if (nvml_count == 0) {
+    global_reason = "no NVIDIA GPU visible: NVML found no GPU; check that nvidia-smi lists one";
+  } else if (opt.cuda_uuids.has_value()) {
+    global_reason = "no NVIDIA GPU visible: the CUDA runtime sees no GPU, though NVML sees " +
+                    std::to_string(nvml_count) + "; check CUDA_VISIBLE_DEVICES";
+  } else if (!opt.cuda_visible_devices.has_value()) {
+    global_reason = "no NVIDIA GPU visible: NVML found no GPU; check that nvidia-smi lists one";
+  } else {
+    global_reason = "no NVIDIA GPU visible: CUDA_VISIBLE_DEVICES=\"" + *opt.cuda_visible_devices +
+                    "\" hides all " + std::to_string(nvml_count) + " GPU(s) that NVML sees";
+    if (!visible_note.empty()) global_reason += " (" + visible_note + ")";
+    global_reason += "; unset CUDA_VISIBLE_DEVICES or list the GPUs to measure";
   }
+  visible_note.clear();
+}
 
-  for (std::size_t pos = 0; pos < visible.size(); ++pos) add_device(pos, visible[pos], all);
-
+void NvmlSource::Impl::build_probes() {
   probes = std::vector<Probe>(channels.size());  // Probe holds atomics: size once, fill in place
   for (const auto& dev : devices) {
     if (dev.channel < 0) continue;
-    auto& probe = probes[static_cast<std::size_t>(dev.channel)];
-    probe.handle = dev.handle;
-    probe.counter = channels[static_cast<std::size_t>(dev.channel)].kind == ChannelKind::counter;
+    const auto i = static_cast<std::size_t>(dev.channel);
+    probes[i].handle = dev.handle;
+    probes[i].counter = channels[i].kind == ChannelKind::counter;
+    probes[i].nvml_index = dev.nvml_index;
+    probes[i].uuid = dev.uuid;
   }
 }
 
-// Maps CUDA_VISIBLE_DEVICES onto NVML devices the way the CUDA runtime does:
-// entries are taken in order and enumeration stops at the first one that
-// names no device, so the GPU a process calls cuda:<i> is our gpu:<i>.
-// Sets visible_note when it stops before the end of the list.
-void NvmlSource::Impl::resolve_visible(const std::optional<std::string>& cvd,
-                                       const std::vector<NvmlDeviceInfo>& all,
-                                       std::vector<VisibleEntry>& out) {
-  if (!cvd.has_value()) {
-    for (unsigned int i = 0; i < all.size(); ++i) out.push_back({false, i, std::to_string(i)});
-    return;
-  }
-  const std::vector<std::string> tokens = split_commas(*cvd);
-  for (std::size_t t = 0; t < tokens.size(); ++t) {
-    const std::string& token = tokens[t];
-    std::string why;  // set when this entry stops enumeration
+// ---------------------------------------------------------------- visibility
+
+// The GPU a process calls cuda:<i> is our gpu:<i>. The CUDA runtime, when
+// the caller could ask it, says so exactly; otherwise CUDA_VISIBLE_DEVICES is
+// mapped the way the runtime maps it.
+std::vector<VisibleEntry> NvmlSource::Impl::resolve_visible(const std::vector<NvmlDeviceInfo>& all) {
+  if (opt.cuda_uuids.has_value()) return from_runtime(*opt.cuda_uuids, all);
+  const CudaOrder order = cuda_order(all);
+  order_models = order.models;
+  if (opt.cuda_visible_devices.has_value()) return from_list(*opt.cuda_visible_devices, all, order);
+  std::vector<VisibleEntry> out;
+  for (unsigned int k = 0; k < all.size(); ++k) {
     VisibleEntry entry;
-    entry.token = token;
-    if (token.empty()) {
-      why = "is empty";
-    } else if (is_digits(token)) {
-      // An integer is an NVML index. CUDA's own order is "fastest first"
-      // unless CUDA_DEVICE_ORDER=PCI_BUS_ID, which is NVML's order; with the
-      // default order the two agree only on single-model machines.
-      unsigned long long idx = 0;
-      bool overflow = token.size() > 9;
-      if (!overflow) idx = std::stoull(token);
-      if (overflow || idx >= all.size()) {
-        why = "is out of range (NVML sees " + std::to_string(all.size()) + " GPU(s), indices 0.." +
-              std::to_string(all.empty() ? 0 : all.size() - 1) + ")";
-      } else {
-        entry.nvml_index = static_cast<unsigned int>(idx);
+    entry.token = std::to_string(k);
+    const std::string why = parse_entry(entry.token, all, order, entry);
+    if (why.empty()) out.push_back(entry);
+  }
+  return out;
+}
+
+CudaOrder NvmlSource::Impl::cuda_order(const std::vector<NvmlDeviceInfo>& all) const {
+  CudaOrder order;
+  order.to_nvml = pci_order(all);
+  if (opt.cuda_device_order == CudaDeviceOrder::pci_bus_id) {
+    order.exact = true;
+    return order;
+  }
+  // FASTEST_FIRST ranks devices by a speed heuristic and breaks ties by PCI
+  // bus id. Identical models tie, so the order is PCI order; different
+  // models are ranked by rules NVML does not expose.
+  order.models = differing_models(all);
+  order.exact = order.models.empty();
+  return order;
+}
+
+std::vector<VisibleEntry> NvmlSource::Impl::from_runtime(const std::vector<std::string>& uuids,
+                                                         const std::vector<NvmlDeviceInfo>& all) const {
+  std::vector<VisibleEntry> out;
+  for (unsigned int k = 0; k < uuids.size(); ++k) {
+    VisibleEntry entry;
+    entry.token = uuids[k];
+    entry.cuda_index = k;
+    entry.kind = VisibleEntry::Kind::unmatched;
+    if (starts_with_nocase(entry.token, "MIG-")) entry.kind = VisibleEntry::Kind::mig;
+    const std::string wanted = without_gpu_prefix(entry.token);
+    for (unsigned int i = 0; i < all.size() && entry.kind == VisibleEntry::Kind::unmatched; ++i) {
+      const std::string have = without_gpu_prefix(all[i].uuid);
+      if (!have.empty() && have.size() == wanted.size() && starts_with_nocase(have, wanted)) {
+        entry.kind = VisibleEntry::Kind::gpu;
+        entry.nvml_index = i;
       }
-    } else if (token[0] == '-' || token[0] == '+') {
-      why = "is not a GPU index or UUID";  // "-1" is the usual way to hide every GPU
-    } else if (starts_with_nocase(token, "MIG-")) {
-      entry.mig = true;
-    } else {
-      // A UUID, with or without "GPU-", or a unique prefix of one, as CUDA
-      // accepts. Hex digits compare without regard to case.
-      std::string needle = token;
-      if (starts_with_nocase(needle, "GPU-")) needle = needle.substr(4);
-      std::size_t matches = 0;
-      for (unsigned int i = 0; i < all.size(); ++i) {
-        std::string uuid = all[i].uuid;
-        if (uuid.empty()) continue;
-        if (starts_with_nocase(uuid, "GPU-")) uuid = uuid.substr(4);
-        if (starts_with_nocase(uuid, needle)) {
-          ++matches;
-          entry.nvml_index = i;
-        }
-      }
-      if (matches == 0) {
-        why = "matches no GPU UUID NVML reports (see nvidia-smi -L)";
-        if (get_uuid == nullptr) why = "cannot be matched: " + library + " lacks nvmlDeviceGetUUID";
-      } else if (matches > 1) {
-        why = "is a UUID prefix shared by " + std::to_string(matches) + " GPUs";
-      }
-    }
-    if (why.empty() && !entry.mig) {
-      // A GPU listed twice would count its energy twice in every total.
-      for (const auto& prev : out)
-        if (!prev.mig && prev.nvml_index == entry.nvml_index) why = "repeats a GPU already listed";
-    }
-    if (!why.empty()) {
-      bool more = !token.empty();
-      for (std::size_t r = t + 1; r < tokens.size(); ++r) more = more || !tokens[r].empty();
-      if (more) {
-        visible_note = "CUDA_VISIBLE_DEVICES entry \"" + token + "\" " + why +
-                       ", so, like CUDA, greenml ignores it and every entry after it";
-      }
-      return;
     }
     out.push_back(entry);
   }
+  return out;
 }
+
+// Entries are taken in order and enumeration stops at the first one that
+// names no device, as in the CUDA runtime. Sets visible_note when it stops
+// before the end of the list.
+std::vector<VisibleEntry> NvmlSource::Impl::from_list(const std::string& cvd,
+                                                      const std::vector<NvmlDeviceInfo>& all,
+                                                      const CudaOrder& order) {
+  std::vector<VisibleEntry> out;
+  const std::vector<std::string> tokens = split_commas(cvd);
+  for (std::size_t t = 0; t < tokens.size(); ++t) {
+    VisibleEntry entry;
+    entry.token = tokens[t];
+    std::string why = parse_entry(tokens[t], all, order, entry);
+    // A GPU listed twice would count its energy twice in every total. Two
+    // equal CUDA indices are the same GPU even when which one is unknown.
+    for (const auto& prev : out) {
+      if (!why.empty() || prev.kind != entry.kind) continue;
+      if ((entry.kind == VisibleEntry::Kind::gpu && prev.nvml_index == entry.nvml_index) ||
+          (entry.kind == VisibleEntry::Kind::unknown_order && prev.cuda_index == entry.cuda_index))
+        why = "repeats a GPU already listed";
+    }
+    if (why.empty()) {
+      out.push_back(entry);
+      continue;
+    }
+    const bool more = std::any_of(tokens.begin() + static_cast<std::ptrdiff_t>(t), tokens.end(),
+                                  [](const std::string& s) { return !s.empty(); });
+    if (more) {
+      visible_note = "CUDA_VISIBLE_DEVICES entry \"" + tokens[t] + "\" " + why +
+                     ", so, like CUDA, greenml ignores it and every entry after it";
+    }
+    return out;
+  }
+  return out;
+}
+
+// Fills entry from one CUDA_VISIBLE_DEVICES token; returns why it names no
+// device, or empty.
+std::string NvmlSource::Impl::parse_entry(const std::string& token,
+                                          const std::vector<NvmlDeviceInfo>& all,
+                                          const CudaOrder& order, VisibleEntry& entry) const {
+  if (token.empty()) return "is empty";
+  if (is_digits(token)) {
+    // An integer is a CUDA index: a position in CUDA's order of all devices.
+    const bool overflow = token.size() > 9;
+    const unsigned long long k = overflow ? 0 : std::stoull(token);
+    if (overflow || k >= all.size()) {
+      return "is out of range (NVML sees " + std::to_string(all.size()) + " GPU(s), indices 0.." +
+             std::to_string(all.empty() ? 0 : all.size() - 1) + ")";
+    }
+    entry.cuda_index = static_cast<unsigned int>(k);
+    if (order.exact) {
+      entry.kind = VisibleEntry::Kind::gpu;
+      entry.nvml_index = order.to_nvml[entry.cuda_index];
+    } else {
+      entry.kind = VisibleEntry::Kind::unknown_order;
+    }
+    return {};
+  }
+  if (token[0] == '-' || token[0] == '+') return "is not a GPU index or UUID";  // "-1" hides all
+  if (starts_with_nocase(token, "MIG-")) {
+    entry.kind = VisibleEntry::Kind::mig;
+    return {};
+  }
+  return match_uuid_prefix(token, all, entry);
+}
+
+// A UUID, with or without "GPU-", or a unique prefix of one, as CUDA
+// accepts. Hex digits compare without regard to case.
+std::string NvmlSource::Impl::match_uuid_prefix(const std::string& token,
+                                                const std::vector<NvmlDeviceInfo>& all,
+                                                VisibleEntry& entry) const {
+  const std::string needle = without_gpu_prefix(token);
+  std::size_t matches = 0;
+  for (unsigned int i = 0; i < all.size(); ++i) {
+    const std::string uuid = without_gpu_prefix(all[i].uuid);
+    if (!uuid.empty() && starts_with_nocase(uuid, needle)) {
+      ++matches;
+      entry.kind = VisibleEntry::Kind::gpu;
+      entry.nvml_index = i;
+    }
+  }
+  if (matches == 1) return {};
+  if (matches > 1) return "is a UUID prefix shared by " + std::to_string(matches) + " GPUs";
+  if (api.get_uuid == nullptr) return "cannot be matched: " + opt.library + " lacks nvmlDeviceGetUUID";
+  return "matches no GPU UUID NVML reports (see nvidia-smi -L)";
+}
+
+// ---------------------------------------------------------------- devices
 
 void NvmlSource::Impl::add_device(std::size_t position, const VisibleEntry& entry,
                                   const std::vector<NvmlDeviceInfo>& all) {
   Device dev;
   dev.domain = "gpu:" + std::to_string(position);
-  if (entry.mig) {
-    dev.reason = "CUDA_VISIBLE_DEVICES selects MIG instance " + entry.token +
-                 ": MIG instances have no energy counter of their own (NVML reports energy and "
-                 "power only for the whole GPU, shared by all its instances); measure on a whole "
-                 "GPU (MIG disabled) to get its energy";
-    devices.push_back(std::move(dev));
-    return;
+  switch (entry.kind) {
+    case VisibleEntry::Kind::gpu:
+      open_gpu(dev, all[entry.nvml_index], entry.nvml_index);
+      break;
+    case VisibleEntry::Kind::mig:
+      dev.reason = (opt.cuda_uuids.has_value() ? "the CUDA runtime's device cuda:" +
+                                                     std::to_string(entry.cuda_index) + " is"
+                                               : std::string("CUDA_VISIBLE_DEVICES selects")) +
+                   " MIG instance " + entry.token +
+                   ": MIG instances have no energy counter of their own (NVML reports energy and "
+                   "power only for the whole GPU, shared by all its instances); measure on a "
+                   "whole GPU (MIG disabled) to get its energy";
+      break;
+    case VisibleEntry::Kind::unknown_order:
+      dev.reason = order_reason(entry);
+      break;
+    case VisibleEntry::Kind::unmatched:
+      dev.reason = "the CUDA runtime's device cuda:" + std::to_string(entry.cuda_index) +
+                   " has UUID " + entry.token +
+                   ", which no GPU NVML reports has (a MIG instance, or a GPU this NVML cannot "
+                   "see); compare nvidia-smi -L with the devices CUDA lists";
+      break;
   }
+  devices.push_back(std::move(dev));
+}
 
-  const NvmlDeviceInfo& info = all[entry.nvml_index];
-  const std::string where = "NVML index " + std::to_string(entry.nvml_index);
+std::string NvmlSource::Impl::order_reason(const VisibleEntry& entry) const {
+  const std::string k = std::to_string(entry.cuda_index);
+  std::string r = opt.cuda_visible_devices.has_value()
+                      ? "CUDA_VISIBLE_DEVICES entry \"" + entry.token + "\" names CUDA device " + k
+                      : "gpu:" + k + " is CUDA device " + k;
+  r += ", but which GPU that is cannot be known: with CUDA_DEVICE_ORDER=FASTEST_FIRST (CUDA's "
+       "default) CUDA ranks different models (here " +
+       order_models + ") by a speed heuristic NVML does not expose, and greenml does not guess; set "
+       "CUDA_DEVICE_ORDER=PCI_BUS_ID, or name the GPUs by UUID in CUDA_VISIBLE_DEVICES (see "
+       "nvidia-smi -L)";
+  if (!opt.order_hint.empty()) r += ", or " + opt.order_hint;
+  return r;
+}
+
+void NvmlSource::Impl::open_gpu(Device& dev, const NvmlDeviceInfo& info, unsigned int nvml_index) {
+  const std::string where = "NVML index " + std::to_string(nvml_index);
   if (info.handle_rc != kNvmlSuccess) {
     dev.reason = "cannot open the GPU at " + where + ": " + describe(info.handle_rc) +
                  advice(info.handle_rc);
-    devices.push_back(std::move(dev));
     return;
   }
-
-  std::string name = "NVIDIA GPU";
-  if (get_name != nullptr) {
-    char buf[kNameBufferSize] = {};
-    if (get_name(info.handle, buf, kNameBufferSize) == kNvmlSuccess) name = buf;
-  }
   dev.handle = info.handle;
-  dev.detail = name + " " + (info.uuid.empty() ? "(" + where + ")" : info.uuid);
+  dev.nvml_index = nvml_index;
+  dev.uuid = info.uuid;
+  dev.detail = (info.name.empty() ? std::string("NVIDIA GPU") : info.name) + " " +
+               (info.uuid.empty() ? "(" + where + ")" : info.uuid);
 
   ChannelInfo ch;
   ch.domain = dev.domain;
   ch.source = "nvml";
-  ch.measured = true;
-  ch.in_total = true;
   ch.detail = dev.detail;
   ch.to_si = 1e-3;
   ch.max_raw = 0;  // a 64-bit millijoule count since driver load: never wraps in practice
+  ch.max_power_w = max_power_w(info.handle);
 
   // Prefer the energy counter (Volta and newer): it integrates on the GPU
   // at its own rate, so nothing between our samples is lost.
-  std::string energy_why;
-  nvmlReturn_t energy_rc = kNvmlNotSupported;
-  if (get_energy != nullptr) {
+  nvmlReturn_t energy_rc = kNvmlFunctionNotFound;
+  if (api.get_energy != nullptr) {
     unsigned long long mj = 0;
-    energy_rc = get_energy(info.handle, &mj);
-    if (energy_rc == kNvmlSuccess) {
-      ch.kind = ChannelKind::counter;
-      ch.unit = "mj";
-    } else {
-      energy_why = describe(energy_rc);
-    }
-  } else {
-    energy_why = library + " lacks nvmlDeviceGetTotalEnergyConsumption";
+    energy_rc = api.get_energy(info.handle, &mj);
   }
-
-  if (energy_why.empty()) {
+  // Older GPUs: sample power and let the reader integrate it.
+  nvmlReturn_t power_rc = kNvmlFunctionNotFound;
+  if (energy_rc != kNvmlSuccess && api.get_power != nullptr) {
+    unsigned int mw = 0;
+    power_rc = api.get_power(info.handle, &mw);
+  }
+  if (energy_rc == kNvmlSuccess || power_rc == kNvmlSuccess) {
+    ch.kind = energy_rc == kNvmlSuccess ? ChannelKind::counter : ChannelKind::power;
+    ch.unit = energy_rc == kNvmlSuccess ? "mj" : "mw";
+    if (ch.kind == ChannelKind::power) ch.power_window_ns = power_window_ns(info.handle);
     dev.channel = static_cast<int>(channels.size());
     channels.push_back(std::move(ch));
-    devices.push_back(std::move(dev));
     return;
   }
 
-  // Older GPUs: sample power and let the reader integrate it.
-  nvmlReturn_t power_rc = kNvmlNotSupported;
-  std::string power_why;
-  if (get_power != nullptr) {
-    unsigned int mw = 0;
-    power_rc = get_power(info.handle, &mw);
-    if (power_rc == kNvmlSuccess) {
-      ch.kind = ChannelKind::power;
-      ch.unit = "mw";
-      dev.channel = static_cast<int>(channels.size());
-      channels.push_back(std::move(ch));
-      devices.push_back(std::move(dev));
-      return;
-    }
-    power_why = describe(power_rc);
-  } else {
-    power_why = library + " lacks nvmlDeviceGetPowerUsage";
-  }
-
-  dev.reason = "cannot read " + dev.detail + ": energy counter: " + energy_why +
-               "; power: " + power_why;
-  if (get_energy == nullptr || get_power == nullptr) {
+  dev.reason = "cannot read " + dev.detail + ": energy counter: " +
+               (api.get_energy == nullptr ? opt.library + " lacks nvmlDeviceGetTotalEnergyConsumption"
+                                          : describe(energy_rc)) +
+               "; power: " +
+               (api.get_power == nullptr ? opt.library + " lacks nvmlDeviceGetPowerUsage"
+                                         : describe(power_rc));
+  if (api.get_energy == nullptr || api.get_power == nullptr) {
     dev.reason += "; update the NVIDIA driver";
   } else if (energy_rc == kNvmlNotSupported && power_rc == kNvmlNotSupported) {
     dev.reason += "; this GPU model has no power sensor NVML can read, so it cannot be measured";
   } else {
     dev.reason += advice(power_rc != kNvmlNotSupported ? power_rc : energy_rc);
   }
-  devices.push_back(std::move(dev));
 }
 
-NvmlSource::NvmlSource(const std::string& library,
-                       const std::optional<std::string>& cuda_visible_devices)
-    : impl_(std::make_unique<Impl>()) {
-  impl_->library = library;
+// Most power (W) the GPU can plausibly draw; the sampler takes a counter step
+// implying more as a reset. The enforced limit can be raised while we run
+// (nvidia-smi -pl, a power-cap sweep) up to the board's largest settable
+// limit, so the larger of the two counts; a GPU also overshoots its limit for
+// short spells (the power controller holds it on average), hence 1.5x. With
+// neither readable, 1500 W is above the board power of any single NVIDIA GPU.
+double NvmlSource::Impl::max_power_w(nvmlDevice_t handle) const {
+  constexpr double kMargin = 1.5;
+  constexpr double kUnknownW = 1500.0;
+  unsigned int limit_mw = 0;
+  unsigned int enforced = 0;
+  unsigned int lo = 0;
+  unsigned int hi = 0;
+  if (api.get_enforced_limit != nullptr && api.get_enforced_limit(handle, &enforced) == kNvmlSuccess)
+    limit_mw = enforced;
+  if (api.get_limit_range != nullptr && api.get_limit_range(handle, &lo, &hi) == kNvmlSuccess)
+    limit_mw = std::max(limit_mw, hi);
+  return limit_mw > 0 ? kMargin * static_cast<double>(limit_mw) * 1e-3 : kUnknownW;
+}
+
+// NVML documents nvmlDeviceGetPowerUsage as the mean over the last second on
+// Ampere except GA100 and newer (compute capability 8.6 and up), and as
+// instantaneous on GA100 (8.0) and older; unknown when NVML cannot say which
+// the GPU is.
+std::int64_t NvmlSource::Impl::power_window_ns(nvmlDevice_t handle) const {
+  int major = 0;
+  int minor = 0;
+  if (api.get_compute_capability == nullptr ||
+      api.get_compute_capability(handle, &major, &minor) != kNvmlSuccess)
+    return -1;
+  return std::make_pair(major, minor) >= std::make_pair(8, 6) ? 1000000000LL : 0;
+}
+
+// ---------------------------------------------------------------- fork
+
+// NVML's state came with the fork's copy of memory, but the driver objects
+// behind it belong to the parent: the child initialises NVML for itself and
+// finds its GPUs again by UUID, so it reads the same GPUs as the parent.
+void NvmlSource::Impl::reopen_in_child() noexcept {
+  reopen_pending.store(false, std::memory_order_relaxed);
+  if (probes.empty()) return;  // nothing to read, so nothing to initialise
+  const nvmlReturn_t init_rc = api.init();
+  if (init_rc != kNvmlSuccess) {
+    for (auto& p : probes) record(p, init_rc, stage_child_init);
+    return;
+  }
+  init_owner_pid = getpid();
+  for (auto& p : probes) {
+    nvmlDevice_t handle = nullptr;
+    // A GPU whose UUID NVML could not tell is found by index: the child runs
+    // on the same machine, so the index names the same GPU.
+    const nvmlReturn_t rc = (!p.uuid.empty() && api.get_handle_by_uuid != nullptr)
+                                ? api.get_handle_by_uuid(p.uuid.c_str(), &handle)
+                                : api.get_handle(p.nvml_index, &handle);
+    if (rc != kNvmlSuccess) {
+      record(p, rc, stage_child_lookup);
+      continue;
+    }
+    p.handle = handle;
+    p.usable = true;
+    p.stage.store(stage_read, std::memory_order_relaxed);
+  }
+}
+
+// Keeps the time of the first failure in a row: "lost since" matters, not
+// when we last noticed. A failure before any read (stage other than read)
+// also retires the probe: its handle is not this process's.
+void NvmlSource::Impl::record(Probe& p, nvmlReturn_t rc, Stage stage) noexcept {
+  if (rc == kNvmlSuccess) {
+    if (p.last_error.load(std::memory_order_relaxed) != kNvmlSuccess)
+      p.last_error.store(kNvmlSuccess, std::memory_order_release);
+    return;
+  }
+  if (stage != stage_read) p.usable = false;
+  if (p.last_error.load(std::memory_order_relaxed) == kNvmlSuccess)
+    p.error_since_ns.store(realtime_ns(), std::memory_order_relaxed);
+  p.stage.store(stage, std::memory_order_relaxed);
+  p.last_error.store(rc, std::memory_order_release);
+}
+
+std::string NvmlSource::Impl::failure_reason(const Device& dev, const Probe& p) const {
+  const int err = p.last_error.load(std::memory_order_acquire);
+  const std::string since = " since " + format_since(p.error_since_ns.load(std::memory_order_relaxed));
+  const std::string pid = std::to_string(static_cast<long>(getpid()));
+  switch (p.stage.load(std::memory_order_relaxed)) {
+    case stage_child_init:
+      return "NVML failed to initialise in this forked process (pid " + pid + "): " +
+             describe(err) + since + advice(err) + "; the parent process keeps measuring";
+    case stage_child_lookup:
+      return "cannot find " + dev.detail + " again in this forked process (pid " + pid + "): " +
+             describe(err) + since + advice(err);
+    default:
+      return describe(err) + since + ": reading its " + (p.counter ? "energy counter" : "power") +
+             " fails" + advice(err);
+  }
+}
+
+// ---------------------------------------------------------------- public
+
+NvmlSource::NvmlSource(NvmlOptions options) : impl_(std::make_unique<Impl>()) {
+  impl_->opt = std::move(options);
   try {
-    impl_->open(cuda_visible_devices);
+    impl_->open();
   } catch (const std::exception& e) {
     // Only allocation can throw here; keep the promise of never throwing.
     impl_->devices.clear();
@@ -512,6 +866,15 @@ NvmlSource::NvmlSource(const std::string& library,
     impl_->global_reason = std::string("internal error while probing NVML: ") + e.what();
   }
 }
+
+NvmlSource::NvmlSource(const std::string& library,
+                       const std::optional<std::string>& cuda_visible_devices)
+    : NvmlSource([&] {
+        NvmlOptions o;
+        o.library = library;
+        o.cuda_visible_devices = cuda_visible_devices;
+        return o;
+      }()) {}
 
 NvmlSource::~NvmlSource() = default;
 
@@ -528,14 +891,8 @@ std::vector<DomainStatus> NvmlSource::status() const {
     DomainStatus st{dev.domain, "nvml", true, false, dev.reason};
     if (dev.channel >= 0) {
       const auto& probe = im.probes[static_cast<std::size_t>(dev.channel)];
-      const int err = probe.last_error.load(std::memory_order_acquire);
-      if (err == kNvmlSuccess) {
-        st.available = true;
-      } else {
-        const std::int64_t since = probe.error_since_ns.load(std::memory_order_relaxed);
-        st.reason = im.describe(err) + " since " + format_since(since) + ": reading its " +
-                    (probe.counter ? "energy counter" : "power") + " fails" + Impl::advice(err);
-      }
+      st.available = probe.last_error.load(std::memory_order_acquire) == kNvmlSuccess;
+      if (!st.available) st.reason = im.failure_reason(dev, probe);
     }
     out.push_back(std::move(st));
   }
@@ -548,31 +905,31 @@ std::vector<DomainStatus> NvmlSource::status() const {
 
 void NvmlSource::read(std::uint64_t* raw, bool* ok) noexcept {
   Impl& im = *impl_;
+  if (im.reopen_pending.load(std::memory_order_relaxed)) im.reopen_in_child();
   const std::size_t n = im.channels.size();
   for (std::size_t i = 0; i < n; ++i) {
     Impl::Probe& p = im.probes[i];
+    if (!p.usable) {
+      ok[i] = false;  // never touch a handle this process did not get from NVML
+      continue;
+    }
     nvmlReturn_t rc;
     if (p.counter) {
       unsigned long long mj = 0;
-      rc = im.get_energy(p.handle, &mj);
+      rc = im.api.get_energy(p.handle, &mj);
       if (rc == kNvmlSuccess) raw[i] = static_cast<std::uint64_t>(mj);
     } else {
       unsigned int mw = 0;
-      rc = im.get_power(p.handle, &mw);
+      rc = im.api.get_power(p.handle, &mw);
       if (rc == kNvmlSuccess) raw[i] = mw;
     }
     ok[i] = rc == kNvmlSuccess;
-    if (rc == kNvmlSuccess) {
-      if (p.last_error.load(std::memory_order_relaxed) != kNvmlSuccess)
-        p.last_error.store(kNvmlSuccess, std::memory_order_release);
-    } else {
-      // Keep the time of the first failure in a row: "lost since" matters,
-      // not when we last noticed.
-      if (p.last_error.load(std::memory_order_relaxed) == kNvmlSuccess)
-        p.error_since_ns.store(realtime_ns(), std::memory_order_relaxed);
-      p.last_error.store(rc, std::memory_order_release);
-    }
+    Impl::record(p, rc, Impl::stage_read);
   }
+}
+
+void NvmlSource::after_fork_in_child() noexcept {
+  impl_->reopen_pending.store(true, std::memory_order_relaxed);
 }
 
 }  // namespace greenml

@@ -162,7 +162,7 @@ RaplSource::RaplSource(const std::string& root) {
         max_power_w = std::max(2.0 * static_cast<double>(*v) * 1e-6, 500.0);
       }
     }
-    max_safe_period_ns_ = std::min(max_safe_period_ns_, max_period_for_range_ns(range, max_power_w));
+    max_safe_period_ns_ = std::min(max_safe_period_ns_, max_period_for_range_ns(range, 1e-6, max_power_w));
 
     ChannelInfo ch;
     ch.domain = domain;

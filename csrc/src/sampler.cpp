@@ -4,8 +4,9 @@
 #include <time.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
-#include <cstdio>
+#include <new>
 #include <stdexcept>
 
 #include "greenml/counter.hpp"
@@ -20,27 +21,26 @@ std::int64_t monotonic_ns() noexcept {
 
 namespace {
 
-// Bounds the latency of stop(), resume() and period changes. Long enough that a 10 Hz
-// sampler wakes once per tick (each wake-up costs ~15-40 us of CPU in a VM).
-constexpr std::int64_t max_sleep_slice_ns = 100'000'000;
-constexpr std::int64_t paused_sleep_slice_ns = 20'000'000;
-constexpr std::int64_t paused_poll_cap_ns = 1'000'000'000;
+// While paused, counters are still read this often at least (and more often
+// when a counter could wrap sooner).
+constexpr std::int64_t paused_read_cap_ns = 1'000'000'000;
+// A channel whose source states no maximum power is assumed to draw at most
+// this; only used to tell resets from wraps and gains.
+constexpr double default_max_power_w = 2000.0;
+// Margin on the maximum power for the plausibility check, and the time added
+// to the elapsed time: a counter may publish energy that accrued up to one
+// update interval (GPUs: up to ~100 ms) before the previous read.
+constexpr double plausible_power_margin = 1.5;
+constexpr double plausible_slack_s = 0.25;
 
-std::int64_t thread_cpu_ns(pthread_t thread) noexcept {
-  clockid_t cid;
-  if (::pthread_getcpuclockid(thread, &cid) != 0) return 0;
+// CPU-time clock ids of threads are negative numbers: "none" is a sentinel.
+constexpr std::int64_t no_clock = INT64_MIN;
+
+std::int64_t cpu_clock_ns(std::int64_t clock_id) noexcept {
+  if (clock_id == no_clock) return 0;
   timespec ts{};
-  if (::clock_gettime(cid, &ts) != 0) return 0;
+  if (::clock_gettime(static_cast<clockid_t>(clock_id), &ts) != 0) return 0;
   return static_cast<std::int64_t>(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec;
-}
-
-void sleep_until(std::int64_t deadline_ns) noexcept {
-  timespec ts{};
-  ts.tv_sec = static_cast<time_t>(deadline_ns / 1'000'000'000);
-  ts.tv_nsec = static_cast<long>(deadline_ns % 1'000'000'000);
-  // Absolute deadline: a late wake-up does not push later ticks back (no drift).
-  while (::clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, nullptr) == EINTR) {
-  }
 }
 
 // Every live sampler, for the fork handlers: the child must not believe a
@@ -80,7 +80,8 @@ void unregister_sampler(Sampler* s) {
   r.erase(std::remove(r.begin(), r.end(), s), r.end());
 }
 
-ColumnLayout make_layout(const std::vector<ChannelInfo>& channels) {
+ColumnLayout make_layout(const std::vector<ChannelInfo>& channels,
+                         const std::vector<std::size_t>& channel_source, std::size_t sources) {
   ColumnLayout l;
   const std::size_t c = channels.size();
   std::size_t next_power = c;
@@ -95,49 +96,92 @@ ColumnLayout make_layout(const std::vector<ChannelInfo>& channels) {
       l.power_to_watts.push_back(ch.to_si);
     }
   }
-  l.width = next_power;
+  for (std::size_t i = 0; i < c; ++i) {
+    l.time_column.push_back(static_cast<int>(next_power + channel_source[i]));
+  }
+  l.width = next_power + sources;
   return l;
 }
 
 std::vector<ChannelInfo> gather_channels(const std::vector<std::shared_ptr<Source>>& sources,
-                                         std::vector<std::size_t>& offsets) {
+                                         std::vector<std::size_t>& offsets,
+                                         std::vector<std::size_t>& channel_source) {
   std::vector<ChannelInfo> all;
-  for (const auto& s : sources) {
-    if (!s) throw std::invalid_argument("sampler source must not be null");
+  for (std::size_t s = 0; s < sources.size(); ++s) {
+    if (!sources[s]) throw std::invalid_argument("sources: a source must not be None");
     offsets.push_back(all.size());
-    const auto& ch = s->channels();
+    const auto& ch = sources[s]->channels();
     all.insert(all.end(), ch.begin(), ch.end());
+    channel_source.insert(channel_source.end(), ch.size(), s);
   }
   return all;
 }
 
+void check_period(const char* name, std::int64_t period_ns) {
+  if (period_ns < Sampler::min_period_ns || period_ns > Sampler::max_period_ns) {
+    throw std::invalid_argument(std::string(name) + "=" + std::to_string(period_ns) +
+                                " is out of range: give a period between 50000 ns (20 kHz) and "
+                                "3600000000000 ns (1 hour)");
+  }
+}
+
+// The ring's capacity, checked before anything is allocated.
+std::size_t checked_capacity(const SamplerOptions& o, std::size_t width) {
+  check_period("period_ns", o.period_ns);
+  if (o.idle_period_ns != 0) check_period("idle_period_ns", o.idle_period_ns);
+  if (o.capacity < 2 || o.capacity > Sampler::max_capacity) {
+    throw std::invalid_argument("capacity=" + std::to_string(o.capacity) +
+                                " is out of range: give between 2 and 67108864 samples");
+  }
+  const double bytes = static_cast<double>(o.capacity) * 2.0 * static_cast<double>(width + 2) * 8.0;
+  if (bytes > static_cast<double>(Sampler::max_ring_bytes)) {
+    throw std::invalid_argument("capacity=" + std::to_string(o.capacity) + " with " +
+                                std::to_string(width) +
+                                " values per sample needs more than 4 GiB: give fewer samples");
+  }
+  return o.capacity;
+}
+
+double channel_max_power_w(const ChannelInfo& ch) {
+  return ch.max_power_w > 0 ? ch.max_power_w : default_max_power_w;
+}
+
 }  // namespace
 
-Sampler::Sampler(std::vector<std::shared_ptr<Source>> sources, std::int64_t period_ns,
-                 std::size_t capacity, ClockFn clock)
+Sampler::Sampler(std::vector<std::shared_ptr<Source>> sources, SamplerOptions options)
     : sources_(std::move(sources)),
-      channels_(gather_channels(sources_, source_offset_)),
-      layout_(make_layout(channels_)),
-      ring_(capacity, layout_.width),
-      clock_(clock ? std::move(clock) : ClockFn(monotonic_ns)),
-      period_ns_(period_ns) {
-  if (period_ns <= 0) throw std::invalid_argument("sampling period must be > 0 ns");
+      channels_(gather_channels(sources_, source_offset_, channel_source_)),
+      layout_(make_layout(channels_, channel_source_, sources_.size())),
+      ring_(checked_capacity(options, layout_.width), layout_.width),
+      clock_(options.clock ? std::move(options.clock) : ClockFn(monotonic_ns)),
+      idle_period_ns_(options.idle_period_ns),
+      period_ns_(options.period_ns) {
   for (const auto& s : sources_) max_safe_period_ns_ = std::min(max_safe_period_ns_, s->max_safe_period_ns());
+  for (const auto& ch : channels_) {
+    // Only a stated maximum power bounds the period: a guessed one would make
+    // a small counter look as if it wrapped every microsecond.
+    if (ch.kind != ChannelKind::counter || ch.max_power_w <= 0) continue;
+    max_safe_period_ns_ =
+        std::min(max_safe_period_ns_, max_period_for_range_ns(ch.max_raw, ch.to_si, ch.max_power_w));
+  }
   const std::size_t c = channels_.size();
   raw_.assign(c, 0);
-  last_raw_.assign(c, 0);
   ok_ = std::make_unique<bool[]>(c == 0 ? 1 : c);
+  source_t_.assign(sources_.size(), 0);
+  last_raw_.assign(c, 0);
+  last_t_.assign(c, 0);
   have_last_.assign(c, false);
+  failing_.assign(c, false);
   cumulative_.assign(c, 0);
   integral_nj_.assign(c, 0.0);
   last_power_raw_.assign(c, 0);
-  last_power_t_.assign(c, 0);
   row_.assign(layout_.width, 0);
-  failed_per_channel_.assign(c, 0);
+  failed_per_channel_ = std::make_unique<std::atomic<std::uint64_t>[]>(c == 0 ? 1 : c);
+  for (std::size_t i = 0; i < c; ++i) failed_per_channel_[i].store(0, std::memory_order_relaxed);
   {
     // Baseline read: cumulative energies count from the sampler's creation.
-    std::lock_guard<std::mutex> lock(read_mutex_);
-    sample_locked(false, nullptr, nullptr);
+    std::lock_guard<std::mutex> lock(io_mutex_);
+    sample(false, nullptr, nullptr);
   }
   register_sampler(this);
 }
@@ -147,62 +191,130 @@ Sampler::~Sampler() {
   unregister_sampler(this);
 }
 
-void Sampler::sample_locked(bool push, std::int64_t* t_out, std::uint64_t* v_out) {
+void Sampler::record_event(std::int64_t t, std::int64_t since, std::size_t channel, EventKind kind) {
+  SamplerEvent e;
+  e.t_ns = t;
+  e.since_ns = since;
+  e.channel = static_cast<std::uint32_t>(channel);
+  e.kind = kind;
+  if (events_.size() < max_events) {
+    events_.push_back(e);
+  } else {
+    events_[events_total_ % max_events] = e;
+  }
+  ++events_total_;
+}
+
+void Sampler::update_channel(std::size_t i, std::int64_t t) {
+  const ChannelInfo& ch = channels_[i];
+  if (!ok_[i]) {
+    failed_per_channel_[i].fetch_add(1, std::memory_order_relaxed);
+    failed_.fetch_add(1, std::memory_order_relaxed);
+    if (!failing_[i] && have_last_[i]) record_event(t, last_t_[i], i, EventKind::read_failed);
+    failing_[i] = true;
+    return;
+  }
+  if (failing_[i]) {
+    failing_[i] = false;
+    record_event(t, last_t_[i], i, EventKind::read_recovered);
+  }
+  if (ch.kind == ChannelKind::counter) {
+    if (have_last_[i]) {
+      const double elapsed_s = static_cast<double>(std::max<std::int64_t>(0, t - last_t_[i])) * 1e-9;
+      const double max_power_w = channel_max_power_w(ch);
+      const std::uint64_t max_delta = saturate_u64(
+          (elapsed_s + plausible_slack_s) * max_power_w * plausible_power_margin / ch.to_si);
+      const CounterStep step = counter_step(last_raw_[i], raw_[i], ch.max_raw, max_delta);
+      cumulative_[i] += step.delta;
+      if (step.kind == CounterStepKind::reset) {
+        record_event(t, last_t_[i], i, EventKind::counter_reset);
+      } else if (ch.max_raw != 0 && ch.max_power_w > 0 &&
+                 elapsed_s > (static_cast<double>(ch.max_raw) + 1.0) * ch.to_si / ch.max_power_w) {
+        record_event(t, last_t_[i], i, EventKind::possibly_missed_wraps);
+      }
+    }
+    last_raw_[i] = raw_[i];
+  } else {
+    if (have_last_[i] && t > last_t_[i]) {
+      // Trapezoid between this channel's last good reading and this one; a
+      // gap of failed reads is bridged linearly rather than dropped.
+      const double mean_raw =
+          0.5 * (static_cast<double>(last_power_raw_[i]) + static_cast<double>(raw_[i]));
+      integral_nj_[i] += mean_raw * ch.to_si * static_cast<double>(t - last_t_[i]);
+    }
+    last_power_raw_[i] = raw_[i];
+  }
+  last_t_[i] = t;
+  have_last_[i] = true;
+}
+
+std::uint64_t Sampler::sample(bool push, std::int64_t* t_out, std::uint64_t* v_out) {
+  // Each source gets the midpoint of its own read as its time.
   const std::int64_t before = clock_();
+  std::int64_t t_prev = before;
   for (std::size_t s = 0; s < sources_.size(); ++s) {
     const std::size_t off = source_offset_[s];
     sources_[s]->read(raw_.data() + off, ok_.get() + off);
+    const std::int64_t t_after = clock_();
+    source_t_[s] = t_prev + (t_after - t_prev) / 2;
+    t_prev = t_after;
   }
-  const std::int64_t after = clock_();
-  // A source read may take a while (NVML: tens of µs to ms); the midpoint is
-  // the best single timestamp for the whole reading.
-  const std::int64_t t = before + (after - before) / 2;
+  const std::int64_t t = before + (t_prev - before) / 2;
 
+  std::lock_guard<std::mutex> lock(state_mutex_);
   const std::size_t c = channels_.size();
   for (std::size_t i = 0; i < c; ++i) {
-    const ChannelInfo& ch = channels_[i];
-    if (!ok_[i]) {
-      ++failed_per_channel_[i];
-      failed_.fetch_add(1, std::memory_order_relaxed);
-    } else if (ch.kind == ChannelKind::counter) {
-      if (have_last_[i]) cumulative_[i] += counter_delta(last_raw_[i], raw_[i], ch.max_raw);
-      last_raw_[i] = raw_[i];
-      have_last_[i] = true;
-    } else {
-      if (have_last_[i] && t > last_power_t_[i]) {
-        // Trapezoid between this channel's last good reading and this one; a
-        // gap of failed reads is bridged linearly rather than dropped.
-        const double mean_raw = 0.5 * (static_cast<double>(last_power_raw_[i]) +
-                                       static_cast<double>(raw_[i]));
-        integral_nj_[i] += mean_raw * ch.to_si * static_cast<double>(t - last_power_t_[i]);
-      }
-      last_power_raw_[i] = raw_[i];
-      last_power_t_[i] = t;
-      have_last_[i] = true;
-    }
-    if (ch.kind == ChannelKind::counter) {
+    update_channel(i, source_t_[channel_source_[i]]);
+    if (channels_[i].kind == ChannelKind::counter) {
       row_[i] = cumulative_[i];
     } else {
-      row_[i] = static_cast<std::uint64_t>(std::floor(integral_nj_[i]));
+      row_[i] = saturate_u64(std::floor(integral_nj_[i]));
       row_[static_cast<std::size_t>(layout_.power_column[i])] = last_power_raw_[i];
     }
   }
+  const std::size_t time_base = layout_.width - sources_.size();
+  for (std::size_t s = 0; s < sources_.size(); ++s) {
+    row_[time_base + s] = static_cast<std::uint64_t>(source_t_[s]);
+  }
+  const std::uint64_t index = ring_.head();
   if (push) ring_.push(t, row_.data());
   if (t_out != nullptr) *t_out = t;
   if (v_out != nullptr) std::copy(row_.begin(), row_.end(), v_out);
+  return index;
 }
 
 std::uint64_t Sampler::read_now(std::int64_t* t_out, std::uint64_t* v_out) {
-  std::lock_guard<std::mutex> lock(read_mutex_);
-  sample_locked(true, t_out, v_out);
+  std::lock_guard<std::mutex> lock(io_mutex_);
+  const std::uint64_t index = sample(true, t_out, v_out);
   manual_samples_.fetch_add(1, std::memory_order_relaxed);
-  return ring_.head() - 1;
+  return index;
+}
+
+void Sampler::tick(bool push) {
+  {
+    std::lock_guard<std::mutex> lock(io_mutex_);
+    sample(push, nullptr, nullptr);
+  }
+  reads_.fetch_add(1, std::memory_order_relaxed);
+  if (push) samples_.fetch_add(1, std::memory_order_relaxed);
+}
+
+void Sampler::signal_thread() {
+  {
+    std::lock_guard<std::mutex> lock(wake_mutex_);
+    ++generation_;
+  }
+  wake_cv_.notify_one();
 }
 
 void Sampler::start() {
   std::lock_guard<std::mutex> lock(control_mutex_);
   if (running_.load()) return;
-  stop_requested_.store(false);
+  {
+    std::lock_guard<std::mutex> wake(wake_mutex_);
+    stop_requested_ = false;
+    sample_now_ = false;
+  }
   if (::pthread_create(&thread_, nullptr, &Sampler::thread_main, this) != 0) {
     throw std::runtime_error("could not start the sampler thread (pthread_create failed)");
   }
@@ -212,17 +324,74 @@ void Sampler::start() {
 void Sampler::stop() {
   std::lock_guard<std::mutex> lock(control_mutex_);
   if (!running_.load()) return;
-  stop_requested_.store(true);
+  {
+    std::lock_guard<std::mutex> wake(wake_mutex_);
+    stop_requested_ = true;
+    ++generation_;
+  }
+  wake_cv_.notify_one();
   ::pthread_join(thread_, nullptr);
   running_.store(false);
 }
 
-void Sampler::pause() { paused_.store(true); }
-void Sampler::resume() { paused_.store(false); }
+void Sampler::pause() {
+  if (!paused_.exchange(true)) signal_thread();
+}
+
+void Sampler::resume() {
+  if (paused_.exchange(false)) signal_thread();
+}
 
 void Sampler::set_period_ns(std::int64_t period_ns) {
-  if (period_ns <= 0) throw std::invalid_argument("sampling period must be > 0 ns");
-  period_ns_.store(period_ns);
+  check_period("period_ns", period_ns);
+  if (period_ns_.exchange(period_ns) != period_ns) signal_thread();
+}
+
+void Sampler::add_demand(int delta) noexcept {
+  const int before = demand_.fetch_add(delta);
+  if (before <= 0 && before + delta > 0 && idling_.load()) signal_thread();
+}
+
+void Sampler::touch(std::int64_t hold_ns) noexcept {
+  const std::int64_t until = monotonic_ns() + std::max<std::int64_t>(hold_ns, 0);
+  std::int64_t cur = full_rate_until_ns_.load();
+  while (cur < until && !full_rate_until_ns_.compare_exchange_weak(cur, until)) {
+  }
+  // Pairs with current_mode(): the thread publishes idling_ before it re-reads
+  // full_rate_until_ns_, so either it sees this touch or this sees it idling.
+  if (idling_.load()) {
+    {
+      std::lock_guard<std::mutex> lock(wake_mutex_);
+      sample_now_ = true;
+      ++generation_;
+    }
+    wake_cv_.notify_one();
+  }
+}
+
+Sampler::Mode Sampler::current_mode(std::int64_t now) noexcept {
+  if (paused_.load()) {
+    idling_.store(false);
+    return Mode::paused;
+  }
+  if (idle_period_ns_ == 0 || demand_.load() > 0 || now < full_rate_until_ns_.load()) {
+    idling_.store(false);
+    return Mode::full;
+  }
+  idling_.store(true);
+  if (monotonic_ns() < full_rate_until_ns_.load()) {  // a touch raced with us
+    idling_.store(false);
+    return Mode::full;
+  }
+  return Mode::idle;
+}
+
+std::int64_t Sampler::read_period(Mode mode) const noexcept {
+  std::int64_t p = paused_read_cap_ns;
+  if (mode == Mode::full) p = period_ns_.load();
+  if (mode == Mode::idle) p = idle_period_ns_;
+  // Never busy-loop, whatever a counter's range claims.
+  return std::max(min_period_ns, std::min(p, max_safe_period_ns_));
 }
 
 void* Sampler::thread_main(void* self) {
@@ -231,66 +400,78 @@ void* Sampler::thread_main(void* self) {
 }
 
 void Sampler::run() {
-  // The default 50 us timer slack makes wake-ups late at kilohertz rates; ask for at most
-  // 1/20 of the period (never more than the default).
-  ::prctl(PR_SET_TIMERSLACK,
-          static_cast<unsigned long>(std::clamp<std::int64_t>(period_ns_.load() / 20, 1, 50'000)),
-          0, 0, 0);
-  std::int64_t scheduled_period = period_ns_.load();
-  std::int64_t deadline = monotonic_ns() + scheduled_period;
-  bool scheduled_paused = paused_.load();
-  while (!stop_requested_.load(std::memory_order_relaxed)) {
-    // Sleep in slices so stop() and resume() are answered promptly even when
-    // the deadline is far (long period, or the slow poll while paused).
-    for (;;) {
-      const std::int64_t now = monotonic_ns();
-      if (now >= deadline || stop_requested_.load(std::memory_order_relaxed)) break;
-      if (paused_.load(std::memory_order_relaxed) != scheduled_paused) {
-        deadline = now;  // pause/resume changed the schedule: re-plan from now
-        break;
-      }
-      if (const std::int64_t p = period_ns_.load(std::memory_order_relaxed);
-          !scheduled_paused && p != scheduled_period) {
-        // A new period applies to the tick being waited for, not only the one after it.
-        deadline += p - scheduled_period;
-        scheduled_period = p;
-        continue;
-      }
-      // While paused, answer resume() faster: the slow wrap-safe poll may be far away.
-      sleep_until(std::min(deadline, now + (scheduled_paused ? paused_sleep_slice_ns
-                                                             : max_sleep_slice_ns)));
+  clockid_t cid{};
+  thread_clock_.store(::pthread_getcpuclockid(::pthread_self(), &cid) == 0 ? static_cast<std::int64_t>(cid)
+                                                                          : no_clock);
+  std::int64_t applied_slack = -1;
+  std::unique_lock<std::mutex> lk(wake_mutex_);
+  std::uint64_t seen = generation_;
+  std::int64_t now = monotonic_ns();
+  Mode mode = current_mode(now);
+  // anchor: the deadline of the last tick (or when the plan last changed);
+  // full-rate ticks land on anchor + k x period, with no catch-up bursts.
+  std::int64_t anchor = now;
+  std::int64_t period = read_period(mode);
+  std::int64_t deadline = anchor + period;
+  while (!stop_requested_) {
+    // Wake-ups at kilohertz rates need a tight timer slack; idle ones may be
+    // coalesced by the kernel with others (cheaper). Set on every change.
+    const std::int64_t slack = mode == Mode::full ? std::clamp<std::int64_t>(period / 20, 1, 50'000)
+                                                  : std::clamp<std::int64_t>(period / 20, 50'000, 50'000'000);
+    if (slack != applied_slack) {
+      ::prctl(PR_SET_TIMERSLACK, static_cast<unsigned long>(slack), 0, 0, 0);
+      applied_slack = slack;
     }
-    if (stop_requested_.load(std::memory_order_relaxed)) break;
+    const auto until = std::chrono::steady_clock::time_point(std::chrono::nanoseconds(deadline));
+    wake_cv_.wait_until(lk, until, [&] { return stop_requested_ || generation_ != seen; });
+    if (stop_requested_) break;
+    bool sample_now = false;
+    if (generation_ != seen) {
+      seen = generation_;
+      sample_now = sample_now_;
+      sample_now_ = false;
+    }
+    now = monotonic_ns();
+    if (!sample_now && now < deadline) {
+      // pause, resume, a new period or new demand: re-plan from the last tick.
+      mode = current_mode(now);
+      period = read_period(mode);
+      deadline = std::max(anchor + period, now);
+      continue;
+    }
+    const bool on_grid = !sample_now && mode == Mode::full;
+    if (on_grid && now - deadline > max_lateness_ns_.load(std::memory_order_relaxed)) {
+      max_lateness_ns_.store(now - deadline, std::memory_order_relaxed);
+    }
+    lk.unlock();
+    const Mode tick_mode = current_mode(now);
+    tick(tick_mode != Mode::paused);
+    lk.lock();
 
-    const std::int64_t woke = monotonic_ns();
-    const std::int64_t late = woke - deadline;
-    if (late > max_lateness_ns_.load(std::memory_order_relaxed)) {
-      max_lateness_ns_.store(late, std::memory_order_relaxed);
-    }
-    const bool paused = paused_.load(std::memory_order_relaxed);
-    scheduled_paused = paused;
-    {
-      std::lock_guard<std::mutex> lock(read_mutex_);
-      sample_locked(!paused, nullptr, nullptr);
-    }
-    if (!paused) samples_.fetch_add(1, std::memory_order_relaxed);
-
-    // While paused, keep reading just often enough that no counter wrap can
-    // hide between two reads, but push nothing.
-    scheduled_period = period_ns_.load();
-    const std::int64_t period =
-        paused ? std::min(max_safe_period_ns_, paused_poll_cap_ns) : scheduled_period;
-    deadline += period;
     const std::int64_t done = monotonic_ns();
-    if (done > deadline) {
-      // Missed one or more ticks: count them and rejoin the grid rather than
-      // firing a burst of catch-up samples.
-      const std::int64_t behind = (done - deadline) / period + 1;
-      if (!paused) missed_.fetch_add(static_cast<std::uint64_t>(behind), std::memory_order_relaxed);
-      deadline += behind * period;
+    const Mode next_mode = current_mode(done);
+    const std::int64_t next_period = read_period(next_mode);
+    if (on_grid && next_mode == Mode::full && next_period == period) {
+      anchor = deadline;
+      deadline += period;
+      if (done > deadline) {
+        // Missed one or more ticks: count them and rejoin the grid rather
+        // than firing a burst of catch-up samples.
+        const std::int64_t behind = (done - deadline) / period + 1;
+        missed_.fetch_add(static_cast<std::uint64_t>(behind), std::memory_order_relaxed);
+        deadline += behind * period;
+        anchor = deadline - period;
+      }
+    } else {
+      anchor = done;
+      deadline = done + next_period;
     }
+    mode = next_mode;
+    period = next_period;
   }
-  cpu_ns_at_stop_.fetch_add(thread_cpu_ns(::pthread_self()), std::memory_order_relaxed);
+  idling_.store(false);
+  const std::int64_t clock_id = thread_clock_.exchange(no_clock);
+  cpu_ns_at_stop_.fetch_add(cpu_clock_ns(clock_id), std::memory_order_relaxed);
 }
 
 std::vector<DomainStatus> Sampler::status() const {
@@ -303,59 +484,63 @@ std::vector<DomainStatus> Sampler::status() const {
 }
 
 SamplerStats Sampler::stats() const {
+  // Lock-free: never waits for a source read in progress.
   SamplerStats st;
   st.samples = samples_.load();
+  st.reads = reads_.load();
   st.manual_samples = manual_samples_.load();
   st.missed_deadlines = missed_.load();
   st.failed_reads = failed_.load();
   st.max_lateness_ns = max_lateness_ns_.load();
   st.paused = paused_.load();
-  {
-    std::lock_guard<std::mutex> lock(control_mutex_);
-    st.running = running_.load();
-    st.thread_cpu_ns = cpu_ns_at_stop_.load() + (st.running ? thread_cpu_ns(thread_) : 0);
+  st.running = running_.load();
+  st.full_rate = st.running && !st.paused && !idling_.load();
+  st.thread_cpu_ns = cpu_ns_at_stop_.load() + cpu_clock_ns(thread_clock_.load());
+  st.failed_reads_per_channel.resize(channels_.size());
+  for (std::size_t i = 0; i < channels_.size(); ++i) {
+    st.failed_reads_per_channel[i] = failed_per_channel_[i].load(std::memory_order_relaxed);
   }
-  {
-    std::lock_guard<std::mutex> lock(read_mutex_);
-    st.failed_reads_per_channel = failed_per_channel_;
-  }
+  std::lock_guard<std::mutex> lock(state_mutex_);  // held only for in-memory updates
+  st.events_dropped = events_total_ > max_events ? events_total_ - max_events : 0;
   return st;
 }
 
-std::vector<std::string> Sampler::warnings() const {
-  std::vector<std::string> out;
-  const std::int64_t period = period_ns_.load();
-  if (period > max_safe_period_ns_) {
-    char buf[256];
-    std::snprintf(buf, sizeof buf,
-                  "sampling period %.6g ms is longer than %.6g ms, the longest that sees every "
-                  "wrap of the RAPL energy counters: energy may be under-counted; lower "
-                  "GREENML_INTERVAL_MS",
-                  static_cast<double>(period) * 1e-6,
-                  static_cast<double>(max_safe_period_ns_) * 1e-6);
-    out.emplace_back(buf);
+std::vector<SamplerEvent> Sampler::events(std::uint64_t from, std::uint64_t* next_out) const {
+  std::lock_guard<std::mutex> lock(state_mutex_);
+  const std::uint64_t oldest = events_total_ > max_events ? events_total_ - max_events : 0;
+  std::vector<SamplerEvent> out;
+  for (std::uint64_t k = std::max(from, oldest); k < events_total_; ++k) {
+    out.push_back(events_[k % max_events]);
   }
+  if (next_out != nullptr) *next_out = events_total_;
   return out;
 }
 
 void Sampler::fork_prepare_() {
-  control_mutex_.lock();
-  read_mutex_.lock();
+  // Only the state lock, which is never held across I/O: fork() never waits
+  // for a source read in progress (a hung GPU cannot hang os.fork()).
+  state_mutex_.lock();
 }
 
-void Sampler::fork_parent_() {
-  read_mutex_.unlock();
-  control_mutex_.unlock();
-}
+void Sampler::fork_parent_() { state_mutex_.unlock(); }
 
 void Sampler::fork_child_() {
-  // fork() copies only the calling thread: the sampler thread does not exist
-  // here, so forget it without joining; start() begins a fresh one.
+  // fork() copies only the calling thread. The sampler thread does not exist
+  // here and may have held these locks mid-read: give the child fresh ones
+  // (never destroying the copies, whose owner is gone) and forget the thread
+  // without joining it; start() begins a fresh one.
+  new (&io_mutex_) std::mutex();
+  new (&wake_mutex_) std::mutex();
+  new (&wake_cv_) std::condition_variable();
+  new (&control_mutex_) std::mutex();
+  state_mutex_.unlock();
+  stop_requested_ = false;
+  sample_now_ = false;
   running_.store(false);
-  stop_requested_.store(false);
+  idling_.store(false);
   thread_ = pthread_t{};
-  read_mutex_.unlock();
-  control_mutex_.unlock();
+  thread_clock_.store(no_clock);
+  for (const auto& s : sources_) s->after_fork_in_child();
 }
 
 }  // namespace greenml

@@ -27,6 +27,7 @@ class Settings:
     interval_ms: float = DEFAULT_INTERVAL_MS
     sources: frozenset = frozenset(KNOWN_SOURCES)
     cuda_visible_devices: Optional[str] = None
+    cuda_device_order: Optional[str] = None  # CUDA_DEVICE_ORDER: PCI_BUS_ID or FASTEST_FIRST
     # Not environment variables: injection points for tests and embedders.
     proc_stat_path: str = "/proc/stat"
     cpuinfo_path: str = "/proc/cpuinfo"
@@ -109,7 +110,7 @@ def parse_cuda_device_order(value: str, name: str = "CUDA_DEVICE_ORDER") -> Opti
 
 
 def settings_from_env(env: Optional[Mapping[str, str]] = None) -> Settings:
-    """Reads the GREENML_* variables (and CUDA_VISIBLE_DEVICES) from ``env``."""
+    """Reads the GREENML_* variables (and CUDA_VISIBLE_DEVICES, CUDA_DEVICE_ORDER) from ``env``."""
     env = os.environ if env is None else env
     kwargs: dict = {}
     if env.get("GREENML_POWERCAP_ROOT"):
@@ -124,4 +125,6 @@ def settings_from_env(env: Optional[Mapping[str, str]] = None) -> Settings:
         kwargs["estimate"] = parse_estimate(env["GREENML_ESTIMATE"])
     if "CUDA_VISIBLE_DEVICES" in env:
         kwargs["cuda_visible_devices"] = env["CUDA_VISIBLE_DEVICES"]
+    if "CUDA_DEVICE_ORDER" in env:
+        kwargs["cuda_device_order"] = parse_cuda_device_order(env["CUDA_DEVICE_ORDER"])
     return Settings(env=dict(env), **kwargs)

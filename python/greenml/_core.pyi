@@ -49,6 +49,11 @@ class ChannelInfo:
         Most power (W) the channel can plausibly draw (enforced limit or zone maximum where known); 0 = unknown.
         """
     @property
+    def power_window_ns(self) -> int:
+        """
+        Power channels: each reading is the mean over this trailing window (ns); 0 = instantaneous; -1 = unknown, or not a power channel.
+        """
+    @property
     def source(self) -> str:
         """
         'rapl' or 'nvml'.
@@ -114,7 +119,19 @@ class NvmlSource(Source):
     """
     NVIDIA GPUs through NVML, loaded with dlopen.
     """
-    def __init__(self, library: str, cuda_visible_devices: str | None = None) -> None: ...
+    def __init__(
+        self,
+        library: str,
+        cuda_visible_devices: str | None = None,
+        *,
+        cuda_device_order: str | None = None,
+        cuda_uuids: collections.abc.Sequence[str] | None = None,
+        load_hint: str = "",
+        order_hint: str = "",
+    ) -> None:
+        """
+        cuda_visible_devices and cuda_device_order: the CUDA_VISIBLE_DEVICES and CUDA_DEVICE_ORDER values the process runs with (None = unset). cuda_uuids: the UUIDs of cuda:0, cuda:1, ... from the loaded CUDA runtime, which then decide gpu:<i> outright (None = no runtime to ask). load_hint and order_hint end the reasons given when the library cannot be loaded and when CUDA's numbering of mixed GPU models cannot be known.
+        """
 
 class ModelSource(Source):
     """
@@ -129,59 +146,66 @@ class ModelSource(Source):
 
 class Sampler:
     """
-    One native thread that samples every source on an absolute deadline grid into a ring.
+    One native thread that reads every source into a ring: at period_ns while something needs full rate (demand, a recent touch), else every idle_period_ns (0 = always full rate), and always often enough to see every counter wrap.
     """
     def __init__(
         self,
         sources: collections.abc.Sequence[Source],
         period_ns: typing.SupportsInt | typing.SupportsIndex = 10000000,
         capacity: typing.SupportsInt | typing.SupportsIndex = 65536,
-    ) -> None: ...
+        idle_period_ns: typing.SupportsInt | typing.SupportsIndex = 0,
+    ) -> None:
+        """
+        ValueError when period_ns or idle_period_ns is outside [50000, 3600e9] ns or capacity outside [2, 2**26].
+        """
+    def add_demand(self, delta: typing.SupportsInt | typing.SupportsIndex) -> None:
+        """
+        Adds delta to the full-rate demand count (full rate while it is positive).
+        """
     def channels(self) -> list[ChannelInfo]: ...
+    def events(
+        self, from_index: typing.SupportsInt | typing.SupportsIndex = 0
+    ) -> tuple[list[tuple[int, int, str, str]], int]:
+        """
+        Events seen on channels (counter_reset, possibly_missed_wraps, read_failed, read_recovered) as ([(t_ns, since_ns, domain, kind)], next_index); the event lies between since_ns and t_ns.
+        """
     def latest(self) -> typing.Any:
         """
-        The newest sample in the ring as (index, t_ns, energy_j[C], power_w[C]), or None when the ring is empty. No I/O: it copies one slot.
+        The newest sample in the ring as (index, t_ns, energy_j[C], power_w[C], channel_t_ns[C]) with the index of the sample copied, or None when the ring is empty. No I/O.
         """
     def pause(self) -> None: ...
     def read(
         self,
         from_index: typing.SupportsInt | typing.SupportsIndex,
         max_samples: typing.SupportsInt | typing.SupportsIndex = 18446744073709551615,
-    ) -> tuple[
-        numpy.typing.NDArray[numpy.int64],
-        numpy.typing.NDArray[numpy.float64],
-        numpy.typing.NDArray[numpy.float64],
-        int,
-        int,
-    ]:
+    ) -> tuple:
         """
-        Copies samples with index >= from_index, oldest first, without blocking the sampler. Returns (t_ns[n], energy_j[n, C], power_w[n, C], next_index, lost): pass next_index as from_index next time; lost counts samples overwritten before they could be read.
+        Like read_indexed() without the indices and channel times: (t_ns[n], energy_j[n, C], power_w[n, C], next_index, lost).
         """
     def read_indexed(
         self,
         from_index: typing.SupportsInt | typing.SupportsIndex,
         max_samples: typing.SupportsInt | typing.SupportsIndex = 18446744073709551615,
-    ) -> tuple[
-        numpy.typing.NDArray[numpy.int64],
-        numpy.typing.NDArray[numpy.int64],
-        numpy.typing.NDArray[numpy.float64],
-        numpy.typing.NDArray[numpy.float64],
-        int,
-        int,
-    ]:
+    ) -> tuple:
         """
-        Like read(), with each sample's ring index first: (index[n], t_ns[n], energy_j[n, C], power_w[n, C], next_index, lost).
+        Copies samples with index >= from_index, oldest first, without blocking the sampler. Returns (index[n], t_ns[n], energy_j[n, C], power_w[n, C], next_index, lost, channel_t_ns[n, C]): pass next_index as from_index next time; lost counts samples overwritten before they could be read.
         """
-    def read_now(self) -> tuple[int, int, numpy.ndarray, numpy.ndarray]:
+    def read_now(self) -> tuple:
         """
-        Reads every source now and records the sample in the ring. Returns (index, t_ns, energy_j[C], power_w[C]); energy is cumulative since the sampler was created, power is NaN for counter channels.
+        Reads every source now and records the sample in the ring. Returns (index, t_ns, energy_j[C], power_w[C], channel_t_ns[C]); energy is cumulative since the sampler was created, power is NaN for counter channels, channel_t_ns is when each channel's source was read.
         """
     def resume(self) -> None: ...
     def start(self) -> None: ...
-    def stats(self) -> dict: ...
+    def stats(self) -> dict:
+        """
+        Counters of the thread's work (lock-free).
+        """
     def status(self) -> list[DomainStatus]: ...
     def stop(self) -> None: ...
-    def warnings(self) -> list[str]: ...
+    def touch(self, hold_ns: typing.SupportsInt | typing.SupportsIndex) -> None:
+        """
+        A window edge happened: full rate until now + hold_ns (wakes an idle thread, which samples at once).
+        """
     @property
     def capacity(self) -> int: ...
     @property
@@ -189,6 +213,8 @@ class Sampler:
         """
         Number of samples ever pushed (the next sample's index).
         """
+    @property
+    def idle_period_ns(self) -> int: ...
     @property
     def max_safe_period_ns(self) -> int: ...
     @property

@@ -199,6 +199,10 @@ def _wrap(func: F, stats: CallStats) -> F:
                 _sync_cuda()
             idx = rt.sampler.head - 1
             t0 = monotonic_ns()
+            rt.edge(t0)
+            demand = rt.needs_full_rate_in_windows
+            if demand:
+                rt.sampler.add_demand(1)
             try:
                 return await func(*args, **kwargs)
             except BaseException:
@@ -207,7 +211,11 @@ def _wrap(func: F, stats: CallStats) -> F:
             finally:
                 if sync:
                     _sync_cuda()
-                stats._pending.add(t0, monotonic_ns(), idx, rt.sampler.head)  # type: ignore[union-attr]
+                if demand:
+                    rt.sampler.add_demand(-1)
+                t1 = monotonic_ns()
+                rt.edge(t1)
+                stats._pending.add(t0, t1, idx, rt.sampler.head)  # type: ignore[union-attr]
 
         async_wrapper.energy = stats  # type: ignore[attr-defined]
         return async_wrapper  # type: ignore[return-value]
@@ -221,6 +229,10 @@ def _wrap(func: F, stats: CallStats) -> F:
             _sync_cuda()
         idx = rt.sampler.head - 1
         t0 = monotonic_ns()
+        rt.edge(t0)
+        demand = rt.needs_full_rate_in_windows
+        if demand:
+            rt.sampler.add_demand(1)
         try:
             return func(*args, **kwargs)
         except BaseException:
@@ -229,7 +241,11 @@ def _wrap(func: F, stats: CallStats) -> F:
         finally:
             if sync:
                 _sync_cuda()
-            stats._pending.add(t0, monotonic_ns(), idx, rt.sampler.head)  # type: ignore[union-attr]
+            if demand:
+                rt.sampler.add_demand(-1)
+            t1 = monotonic_ns()
+            rt.edge(t1)
+            stats._pending.add(t0, t1, idx, rt.sampler.head)  # type: ignore[union-attr]
 
     wrapper.energy = stats  # type: ignore[attr-defined]
     return wrapper  # type: ignore[return-value]

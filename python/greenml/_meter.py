@@ -278,12 +278,14 @@ class Meter:
         self._run_id_value: Optional[str] = None
         self._lock = threading.Lock()
         self._window: Optional[Window] = None
+        self._full_rate = False
         self._t_start_unix: Optional[float] = None
         self._phase_windows: Dict[str, List[Window]] = {}
         self._phase_items: Dict[str, int] = {}
         self._phase_cache: Dict[str, Measurement] = {}
         self._max_step_records = max_step_records
         self._steps_value: Optional[StepStats] = None  # created on the first step()
+        self._forecast_watch: Optional[Any] = None  # see log_forecast()
         self._result: Optional[Measurement] = None
         self._resolver_value: Optional[WindowResolver] = None
         self._failed_at_start: Optional[List[int]] = None
@@ -305,6 +307,11 @@ class Meter:
         self._steps_value = None
         self._run_id_value = None
         self._t_start_unix = time.time()
+        # Full rate for the whole window where sparse samples would lose something: a
+        # power-only channel is integrated sample by sample, and a trace was asked for.
+        self._full_rate = self._rt.needs_full_rate_in_windows or self._trace_path is not None
+        if self._full_rate:
+            self._rt.sampler.add_demand(1)
         self._window = open_window(self._rt)
         if self._steps_value is not None:
             self._steps_value.begin(self._window.t0_ns, self._window.idx0)
@@ -321,6 +328,9 @@ class Meter:
         if self._sync_cuda:
             sync_cuda()
         close_window(self._rt, w)
+        if self._full_rate:
+            self._rt.sampler.add_demand(-1)
+            self._full_rate = False
         if self._steps_value is not None:
             self._steps_value.end(w.t1_ns)
         # The log first: a trace that cannot be written must not lose the record.
@@ -382,6 +392,7 @@ class Meter:
             w = self._window
             if w is not None and w.t1_ns is None:
                 steps.begin(w.t0_ns, w.idx0)
+            steps.on_batch = self._forecast_watch
             self._steps_value = steps
         return self._steps_value
 
@@ -500,6 +511,36 @@ class Meter:
         self._steps.flush(final=not self.running)
         return self._steps
 
+    def forecast(self, total_steps: Optional[int] = None, **options: Any) -> Any:
+        """Forecast of the whole run's energy (J), duration (s) and carbon (g) with prediction
+        intervals, from the steps resolved so far (running or stopped meter).
+
+        Give ``total_steps`` (steps of the whole run, from the meter's start) or ``epochs`` and
+        ``steps_per_epoch``; options ``confidence`` (0.9) and ``period_steps``. Returns a
+        :class:`greenml.Forecast`; raises :class:`greenml.ForecastError` when the profile is
+        too short. See :mod:`greenml._forecast` for the method.
+        """
+        from ._forecast import meter_forecast
+
+        return meter_forecast(self, total_steps, **options)
+
+    def log_forecast(self, total_steps: Optional[int] = None, **options: Any) -> None:
+        """Forecast once, after ``after_steps=N`` resolved steps or ``after_s=S`` seconds of
+        them: a ``forecast`` record in the meter's log and an INFO line on the ``greenml``
+        logger (also ``epochs``/``steps_per_epoch``, ``confidence``). Call it before or while
+        the meter runs; the forecast runs on the resolution path, never inside ``step()``."""
+        from ._forecast import watch_forecast
+
+        self._forecast_watch = watch_forecast(self, total_steps, **options)
+        if self._steps_value is not None:
+            self._steps_value.on_batch = self._forecast_watch
+
+    @property
+    def logged_forecast(self) -> Any:
+        """The forecast made by :meth:`log_forecast` (None until then, or if it failed)."""
+        w = self._forecast_watch
+        return w.result if w is not None else None
+
     energy_j = property(
         lambda self: self.result().energy_j, doc="Total energy (J), non-overlapping domains."
     )
@@ -529,7 +570,7 @@ class Meter:
         import pandas as pd
 
         w = self._current_window()
-        idx, t, e, p, _, lost = self._rt.sampler.read_indexed(max(0, w.idx0 - 1))
+        idx, t, e, p, _, lost, _ct = self._rt.sampler.read_indexed(max(0, w.idx0 - 1))
         if lost:
             warnings.warn(
                 f"the trace of meter {self.name!r} starts {((t[0] if t.size else w.t0_ns) - w.t0_ns) / 1e9:.1f} s "
@@ -576,6 +617,11 @@ class Meter:
         for name, ph in self.phases.items():
             self._log.write({**ph.to_dict(), **base, "spans_s": spans.get(name, [])})
         rec = {**self.result().to_dict(), **base, "steps": self.steps.to_dict()}
+        from ._forecast import steps_profile
+
+        profile = steps_profile(self)  # the ordered step profile, for `greenml forecast LOG`
+        if profile is not None:
+            rec["steps"]["profile"] = profile
         if self._trace_path is not None:
             rec["trace"] = os.path.abspath(self._trace_path)
         self._log.write(rec)

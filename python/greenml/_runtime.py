@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import atexit
 import os
+import sys
 import threading
 import warnings
 import weakref
 from dataclasses import dataclass
-from typing import Any, List, Optional, Tuple
+from typing import Any, List, Mapping, Optional, Tuple
 
 from . import _core, _cpu_model
 from ._config import Settings, settings_from_env
@@ -40,7 +41,7 @@ def build_sources(settings: Settings) -> Tuple[List["_core.Source"], List[Sensor
     sources: List[_core.Source] = []
     extra: List[Sensor] = []
     if "nvml" in settings.sources:
-        sources.append(_core.NvmlSource(settings.nvml_library, settings.cuda_visible_devices))
+        sources.append(nvml_source(settings))
     package_measured = dram_measured = False
     if "rapl" in settings.sources:
         rapl = _core.RaplSource(settings.powercap_root)
@@ -159,14 +160,57 @@ def sensors_of(sources: List["_core.Source"], extra: List[Sensor]) -> List[Senso
     return found + extra
 
 
-class Runtime:
-    """One sampler over the sources chosen by ``settings``."""
+#: While nothing needs full rate, the sampler reads every source this often (or more often
+#: when a counter could wrap sooner): one wake-up per second keeps an idle process idle.
+IDLE_PERIOD_NS = 1_000_000_000
+#: Events kept for results (counter resets, failed reads); older ones are dropped.
+MAX_EVENTS = 4096
 
-    def __init__(self, settings: Optional[Settings] = None, capacity: int = 1 << 16) -> None:
+
+@dataclass(frozen=True)
+class ChannelEvent:
+    """Something the sampler saw on one domain between ``since_ns`` and ``t_ns``."""
+
+    t_ns: int
+    since_ns: int
+    domain: str
+    kind: str  # counter_reset, possibly_missed_wraps, read_failed, read_recovered
+
+
+class Runtime:
+    """One sampler over the sources chosen by ``settings``.
+
+    The sampler runs at the configured period only while something needs it: a window edge in
+    the last ``edge_hold_ns`` (meters, phases, steps and calls call :meth:`edge`), or a demand
+    (power-only channels to integrate while a window is open, traces). Otherwise it reads every
+    ``idle_period_ns`` (0 = always full rate), and always often enough to see every wrap.
+    """
+
+    def __init__(
+        self,
+        settings: Optional[Settings] = None,
+        capacity: int = 1 << 16,
+        idle_period_ns: int = IDLE_PERIOD_NS,
+    ) -> None:
         self.settings = settings if settings is not None else settings_from_env()
         self.sources, self.extra_sensors = build_sources(self.settings)
-        self.sampler = _core.Sampler(self.sources, self.settings.interval_ns, capacity)
+        self.sampler = _core.Sampler(
+            self.sources, self.settings.interval_ns, capacity, idle_period_ns
+        )
         self.channels = list(self.sampler.channels())
+        #: A power-only channel is integrated by the sampler: windows need it at full rate.
+        self.needs_full_rate_in_windows = any(c.kind == "power" for c in self.channels)
+        slow_counter = any(c.kind == "counter" and c.source == "nvml" for c in self.channels)
+        period = self.settings.interval_ns
+        #: How long after a window edge its last counter update can still arrive (ns).
+        self.settle_lag_ns = 3 * period + (250_000_000 if slow_counter else 25_000_000)
+        #: Full rate is held this long after each edge, so the updates around it are seen.
+        self.edge_hold_ns = self.settle_lag_ns + 2 * period
+        self._touch_due_ns = 0
+        self._lease_end_ns = 0
+        self._events: List[ChannelEvent] = []
+        self._events_next = 0
+        self._events_lock = threading.Lock()
         self._lock = threading.Lock()
         self._started = False
         self._pid = os.getpid()
@@ -183,8 +227,6 @@ class Runtime:
             return self.sampler
         with self._lock:
             if not self._started or self._pid != os.getpid():
-                for message in self.sampler.warnings():
-                    warnings.warn(message, RuntimeWarning, stacklevel=3)
                 self.sampler.start()
                 # One synchronous sample, so a window opened right now has a sample before it.
                 self.sampler.read_now()
@@ -193,13 +235,36 @@ class Runtime:
                 self._start_settler()
         return self.sampler
 
+    def edge(self, now_ns: int) -> bool:
+        """A window edge at ``now_ns``: keeps the sampler at full rate for ``edge_hold_ns``.
+
+        Costs a comparison while a recent edge already holds full rate. Returns True when no
+        lease covered ``now_ns`` (the sampler may have been idle, so the newest sample may be
+        old: callers that need an exact edge then take a synchronous reading)."""
+        if now_ns < self._touch_due_ns:
+            return False
+        was_idle = now_ns >= self._lease_end_ns and self.sampler.idle_period_ns != 0
+        self.sampler.touch(self.edge_hold_ns)
+        self._lease_end_ns = now_ns + self.edge_hold_ns
+        self._touch_due_ns = now_ns + self.edge_hold_ns // 2
+        return was_idle
+
+    def events(self) -> List[ChannelEvent]:
+        """Every event the sampler has reported so far (at most MAX_EVENTS, newest kept)."""
+        with self._events_lock:
+            new, self._events_next = self.sampler.events(self._events_next)
+            if new:
+                self._events.extend(ChannelEvent(*e) for e in new)
+                del self._events[:-MAX_EVENTS]
+            return list(self._events)
+
     def is_running(self) -> bool:
         return self._started and self._pid == os.getpid()
 
     def horizon_ns(self) -> int:
         """How long pending windows may wait: a quarter of the ring's history."""
         s = self.sampler
-        return max(1, s.capacity * s.period_ns // 4)
+        return max(1, s.capacity * s.period_ns // 4)  # at full rate: the ring's shortest span
 
     def register_settler(self, obj: Any) -> None:
         """``obj.settle_aging()`` will be called regularly while the sampler runs."""

@@ -3,14 +3,16 @@
 ``step()`` only stores a timestamp in a preallocated chunk. Full chunks (or chunks about to
 outlive the ring's history) are resolved in one vectorised pass; each step then feeds running
 statistics (exact count, sum, mean, variance, min, max) and a fixed-size uniform reservoir
-(for percentiles). Ten million steps cost the same memory as ten thousand.
+(for percentiles), and an ordered record of fixed-size blocks (for forecasts: the order of the
+steps matters there). Ten million steps cost the same memory as ten thousand.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -52,6 +54,117 @@ class _Running:
         return math.sqrt(self.m2 / (self.n - 1)) if self.n > 1 else 0.0
 
 
+class OrderedRecord:
+    """The step sequence in order, in bounded memory: ``capacity`` blocks of ``block_steps``
+    consecutive steps each (energy and duration summed per block). When every block is full,
+    neighbouring blocks merge pairwise and the block size doubles, so ten million steps keep
+    ``capacity`` blocks whose order is that of the run. The first ``capacity`` steps are also
+    kept one by one (the warm-up lives there).
+    """
+
+    __slots__ = ("_d", "_e", "_lock", "_n", "_part", "block_steps", "capacity", "head_d", "head_e")
+
+    def __init__(self, capacity: int = 8192) -> None:
+        if capacity < 2 or capacity % 2:
+            raise ValueError("capacity must be an even number >= 2")
+        self.capacity = capacity
+        self.block_steps = 1
+        self._e = np.empty(capacity)
+        self._d = np.empty(capacity)
+        self._n = 0  # full blocks
+        self._part = [0, 0.0, 0.0]  # steps, energy, duration of the block being filled
+        self.head_e: Optional[np.ndarray] = None  # the first `capacity` steps, once coarsened
+        self.head_d: Optional[np.ndarray] = None
+        self._lock = threading.Lock()  # a reader (forecast) may run beside the settler thread
+
+    def add(self, e: np.ndarray, d: np.ndarray) -> None:
+        with self._lock:
+            self._add(e, d)
+
+    def _add(self, e: np.ndarray, d: np.ndarray) -> None:
+        if e.size <= 16:  # the settler often resolves a few steps at a time: no numpy there
+            for v, w in zip(e.tolist(), d.tolist()):
+                part = self._part
+                part[0] += 1
+                part[1] += v
+                part[2] += w
+                if part[0] == self.block_steps:
+                    self._close_partial()
+            return
+        at = 0
+        while at < e.size:
+            k = self.block_steps
+            part = self._part
+            if part[0] or e.size - at < k:  # fill the partial block first
+                take = min(k - part[0], e.size - at)
+                part[0] += take
+                part[1] += float(e[at : at + take].sum())
+                part[2] += float(d[at : at + take].sum())
+                at += take
+                if part[0] == k:
+                    self._close_partial()
+                continue
+            m = min((e.size - at) // k, self.capacity - self._n)
+            if m == 0:  # full: halve the resolution
+                self._coarsen()
+                continue
+            stop = at + m * k
+            if k == 1:
+                self._push(e[at:stop], d[at:stop])
+            else:
+                self._push(
+                    e[at:stop].reshape(m, k).sum(axis=1), d[at:stop].reshape(m, k).sum(axis=1)
+                )
+            at = stop
+
+    def _close_partial(self) -> None:
+        """The partial block is full: store it, or, when every slot is taken, halve the
+        resolution (the full block then becomes half of a bigger partial one)."""
+        if self._n == self.capacity:
+            self._coarsen()
+            return
+        part = self._part
+        self._e[self._n] = part[1]
+        self._d[self._n] = part[2]
+        self._n += 1
+        self._part = [0, 0.0, 0.0]
+
+    def _push(self, e: np.ndarray, d: np.ndarray) -> None:
+        n = self._n
+        self._e[n : n + e.size] = e
+        self._d[n : n + d.size] = d
+        self._n = n + e.size
+
+    def _coarsen(self) -> None:
+        if self.head_e is None:
+            self.head_e = self._e[: self._n].copy()
+            self.head_d = self._d[: self._n].copy()
+        half = self._n // 2
+        self._e[:half] = self._e[0 : 2 * half : 2] + self._e[1 : 2 * half : 2]
+        self._d[:half] = self._d[0 : 2 * half : 2] + self._d[1 : 2 * half : 2]
+        self._n = half
+        self.block_steps *= 2
+
+    @property
+    def steps(self) -> int:
+        """Steps recorded (in full blocks and the partial one)."""
+        return self._n * self.block_steps + self._part[0]
+
+    def blocks(self) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(steps, energy_j, duration_s) per block, in order; the last block may be partial."""
+        with self._lock:
+            return self._blocks()
+
+    def _blocks(self) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        e, d = self._e[: self._n], self._d[: self._n]
+        c = np.full(self._n, self.block_steps, dtype=np.int64)
+        if self._part[0]:
+            c = np.append(c, self._part[0])
+            e = np.append(e, self._part[1])
+            d = np.append(d, self._part[2])
+        return c, e.copy(), d.copy()
+
+
 class StepStats:
     """Statistics of the steps marked by ``Meter.step()``: energies in joules, durations in
     seconds, totals over the non-overlapping domains."""
@@ -72,6 +185,10 @@ class StepStats:
         self._res_d = np.empty(0)
         self._seed = seed
         self._rng: Optional[np.random.Generator] = None  # created when the reservoir is full
+        self.ordered = OrderedRecord()
+        # Called with this object after each resolved batch (off the step() path); exceptions
+        # are the callee's to keep.
+        self.on_batch: Optional[Any] = None
 
     def begin(self, t0_ns: int, idx0: int) -> None:
         """The meter started at ``t0_ns``; ``idx0`` is the ring index of a sample before it."""
@@ -81,6 +198,7 @@ class StepStats:
     def mark(self) -> None:
         idx = self._rt.sampler.head - 1  # a sample before t: the next step's start index
         t = time.monotonic_ns()
+        self._rt.edge(t)
         prev = self._prev
         if prev is None:
             return  # the meter is not running
@@ -105,11 +223,14 @@ class StepStats:
             u = np.full(t0.size, np.nan)
         self._record(e, (t1 - t0) / 1e9)
         self.uncertainty_j += float(u.sum())
+        if self.on_batch is not None:
+            self.on_batch(self)
 
     def _record(self, e: np.ndarray, d: np.ndarray) -> None:
         seen = self.energy.n
         self.energy.add(e)
         self.duration.add(d)
+        self.ordered.add(e, d)
         # Reservoir sampling (algorithm R, vectorised): every step has the same chance to be
         # kept, whatever the run's length.
         room = max(0, self._max - self._res_e.size)
@@ -192,4 +313,4 @@ class StepStats:
         return f"StepStats(count={self.count}, mean_j={self.mean_j:.4g})"
 
 
-__all__: List[str] = ["StepStats"]
+__all__: List[str] = ["OrderedRecord", "StepStats"]

@@ -77,6 +77,7 @@ class _Samples:
     t_ns: np.ndarray
     energy_j: np.ndarray  # [n, C] cumulative
     power_w: np.ndarray  # [n, C], NaN for counters
+    channel_t_ns: np.ndarray  # [n, C] when each channel's source was read
 
 
 _warned_short: set = set()
@@ -84,14 +85,20 @@ _warned_short: set = set()
 
 def open_window(rt: Runtime) -> Window:
     """Starts a window now. Costs a clock read and one ring-slot copy (the start row, which
-    stands in for the samples before the window if the ring loses them)."""
-    row = rt.sampler.latest()
+    stands in for the samples before the window if the ring loses them). After a quiet spell,
+    when the sampler was idling, it takes one synchronous reading instead, so the edge is exact."""
     t0 = time.monotonic_ns()
+    if rt.edge(t0):
+        row = rt.sampler.read_now()
+    else:
+        row = rt.sampler.latest()
     return Window(t0_ns=t0, idx0=row[0] if row is not None else 0, start_row=row)
 
 
 def close_window(rt: Runtime, w: Window) -> None:
     w.t1_ns = time.monotonic_ns()
+    if rt.edge(w.t1_ns):
+        rt.sampler.read_now()
     w.idx1 = rt.sampler.head
 
 
@@ -115,10 +122,10 @@ class WindowResolver:
         start = max(0, start)
         if stop <= start:
             return None
-        idx, t, e, p, _nxt, _lost = sampler.read_indexed(start, stop - start)
+        idx, t, e, p, _nxt, _lost, ct = sampler.read_indexed(start, stop - start)
         if t.size == 0:
             return None
-        return _Samples(idx, t, e, p)
+        return _Samples(idx, t, e, p, ct)
 
     def _samples_for(
         self, idx0: np.ndarray, idx1: np.ndarray, start_rows: Sequence[Any], head: int
@@ -154,12 +161,17 @@ class WindowResolver:
                         np.array([r[1] for r in extra], dtype=np.int64),
                         np.stack([r[2] for r in extra]),
                         np.stack([r[3] for r in extra]),
+                        np.stack([r[4] for r in extra]),
                     )
                 )
         c = len(self.channels)
         if not parts:
             return _Samples(
-                np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, c)), np.zeros((0, c))
+                np.zeros(0, np.int64),
+                np.zeros(0, np.int64),
+                np.zeros((0, c)),
+                np.zeros((0, c)),
+                np.zeros((0, c), np.int64),
             )
         if len(parts) == 1:
             return parts[0]
@@ -174,14 +186,14 @@ class WindowResolver:
             np.concatenate([p.t_ns for p in parts])[sel],
             np.concatenate([p.energy_j for p in parts])[sel],
             np.concatenate([p.power_w for p in parts])[sel],
+            np.concatenate([p.channel_t_ns for p in parts])[sel],
         )
 
     # -- resolving -------------------------------------------------------------------------
 
     def settle_lag_ns(self) -> int:
         """How long after a window's end its last counter update can still arrive (ns)."""
-        slow = any(c.kind == "counter" and c.source == "nvml" for c in self.channels)
-        return 3 * self.rt.sampler.period_ns + (250_000_000 if slow else 25_000_000)
+        return self.rt.settle_lag_ns
 
     def resolve(self, windows: Sequence[Window], settle: bool = False) -> Resolved:
         """Energies of closed windows; see :meth:`resolve_arrays`."""
@@ -238,21 +250,22 @@ class WindowResolver:
             return Resolved(energy, unc, settled, short)
         # Windows cannot start before the first sample the trace holds (only possible when the
         # ring lost a window's start and no start row was kept: its energy is then a lower bound).
-        t0c = np.maximum(t0, s.t_ns[0])
-        t1c = np.maximum(t1, t0c)
         # A counter that has not moved for SETTLE_HORIZON_NS after a window's end is not
         # about to: every real counter updates within ~100 ms, so the window is final.
-        aged = (s.t_ns[-1] - t1c) > SETTLE_HORIZON_NS
+        aged = (s.t_ns[-1] - np.maximum(t1, s.t_ns[0])) > SETTLE_HORIZON_NS
         for i, ch in enumerate(self.channels):
+            t_ch = s.channel_t_ns[:, i]
+            t0c = np.maximum(t0, t_ch[0])
+            t1c = np.maximum(t1, t0c)
             if ch.kind == "counter":
                 trace = _integrate.Trace.counter(
-                    s.t_ns,
+                    t_ch,
                     np.maximum.accumulate(s.energy_j[:, i]),
                     resolution_j=float(self._resolution[i]),
                     max_update_interval_ns=self._max_update[i],
                 )
             else:
-                trace = _integrate.Trace.power(s.t_ns, s.power_w[:, i], cum_j=s.energy_j[:, i])
+                trace = _integrate.Trace.power(t_ch, s.power_w[:, i], cum_j=s.energy_j[:, i])
             curve = _integrate.prepare(trace)
             r = curve.window_arrays(t0c, t1c)
             energy[:, i] = r.energy_j

@@ -1,15 +1,21 @@
 // NvmlSource against the scripted fake libnvidia-ml (tests/fakes/fake_nvml.c).
 #include <dlfcn.h>
 #include <stdlib.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <cstdint>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <functional>
+#include <memory>
 #include <optional>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <atomic>
+#include <utility>
 #include <vector>
 
 #include <doctest.h>
@@ -22,7 +28,9 @@
 
 namespace fs = std::filesystem;
 using greenml::ChannelKind;
+using greenml::CudaDeviceOrder;
 using greenml::DomainStatus;
+using greenml::NvmlOptions;
 using greenml::NvmlSource;
 
 namespace {
@@ -34,6 +42,16 @@ const std::string kUuid2 = "GPU-cccccccc-3333-4333-8333-333333333333";
 
 bool contains(const std::string& haystack, const std::string& needle) {
   return haystack.find(needle) != std::string::npos;
+}
+
+// The fake with CUDA_DEVICE_ORDER=PCI_BUS_ID, for tests of machines with
+// mixed GPU models that are not about CUDA's numbering.
+NvmlOptions pci_order(std::optional<std::string> cvd = std::nullopt) {
+  NvmlOptions o;
+  o.library = kLib;
+  o.cuda_visible_devices = std::move(cvd);
+  o.cuda_device_order = CudaDeviceOrder::pci_bus_id;
+  return o;
 }
 
 // A scripted fake: a fresh directory named by FAKE_NVML_DIR for one test.
@@ -76,6 +94,19 @@ class FakeNvml {
     if (power_mw >= 0) set(i, "power_mw", std::to_string(power_mw));
     write("count", std::to_string(count_));
     return i;
+  }
+
+  // From now on every NVML call appends "<pid> <call>" to calls.log.
+  void log_calls() { std::ofstream(dir_ / "calls.log").flush(); }
+  // The calls process `pid` made, in order.
+  std::vector<std::string> calls_of(long pid) const {
+    std::ifstream in(dir_ / "calls.log");
+    std::vector<std::string> out;
+    long who = 0;
+    std::string call;
+    while (in >> who >> call)
+      if (who == pid) out.push_back(call);
+    return out;
   }
 
   // The standard three-GPU machine used by the visibility tests.
@@ -149,6 +180,42 @@ std::string build_variant(const std::string& defines, const std::string& tag) {
   return out;
 }
 
+// Runs fn in a forked child; returns the child's pid and fn's result as its
+// exit status (-1 when it did not exit normally). The child leaves with
+// _Exit so that nothing of the parent's (doctest, destructors) runs twice.
+std::pair<long, int> in_child(const std::function<int()>& fn) {
+  const pid_t pid = ::fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    int code = 99;
+    try {
+      code = fn();
+    } catch (...) {
+    }
+    std::_Exit(code);
+  }
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  return {static_cast<long>(pid), WIFEXITED(status) ? WEXITSTATUS(status) : -1};
+}
+
+long count_of(const std::vector<std::string>& calls, const std::string& call) {
+  long n = 0;
+  for (const auto& c : calls) n += c == call ? 1 : 0;
+  return n;
+}
+
+// NVML index order is not PCI order here, and the models differ:
+// NVML 0 is a T4 at bus 0x81, NVML 1 and 2 are A100s at 0x01 and 0x41.
+void mixed_machine(FakeNvml& fake) {
+  fake.add_device(kUuid0, "Tesla T4", 1000, 1);
+  fake.set(0, "pci_bus_id", "0000:81:00.0");
+  fake.add_device(kUuid1, "NVIDIA A100-SXM4-40GB", 2000, 1);
+  fake.set(1, "pci_bus_id", "0000:01:00.0");
+  fake.add_device(kUuid2, "NVIDIA A100-SXM4-40GB", 3000, 1);
+  fake.set(2, "pci_bus_id", "0000:41:00.0");
+}
+
 }  // namespace
 
 TEST_CASE("nvml: a library that cannot be loaded is one unavailable gpu record") {
@@ -162,9 +229,20 @@ TEST_CASE("nvml: a library that cannot be loaded is one unavailable gpu record")
   CHECK_FALSE(st[0].available);
   CHECK(contains(st[0].reason, "no NVIDIA driver found"));
   CHECK(contains(st[0].reason, "could not load /nonexistent/greenml/libnvidia-ml.so.1 ("));
-  CHECK(contains(st[0].reason, "GREENML_NVML_LIBRARY"));
+  CHECK(contains(st[0].reason, "install the NVIDIA driver"));
+  CHECK_FALSE(contains(st[0].reason, "GREENML"));  // the core knows no configuration names
   // read() on zero channels is a no-op, not a crash.
   src.read(nullptr, nullptr);
+}
+
+TEST_CASE("nvml: the caller's load hint ends the reason when the library cannot be loaded") {
+  NvmlOptions o;
+  o.library = "/nonexistent/greenml/libnvidia-ml.so.1";
+  o.load_hint = "point SOME_SETTING at libnvidia-ml.so.1";
+  NvmlSource src(o);
+  const auto st = src.status();
+  REQUIRE(st.size() == 1);
+  CHECK(contains(st[0].reason, "install the NVIDIA driver, or point SOME_SETTING at libnvidia-ml.so.1"));
 }
 
 TEST_CASE("nvml: nvmlInit failing is one unavailable gpu record with the error") {
@@ -202,7 +280,7 @@ TEST_CASE("nvml: two devices with energy counters read exactly the written milli
   fake.add_device(kUuid1, "NVIDIA A100-SXM4-40GB", 7, 90000);
   InitCounter inits(kLib);
   {
-    NvmlSource src(kLib, std::nullopt);
+    NvmlSource src(pci_order());
     CHECK(inits() == 1);  // NVML stays initialised while the source lives
     const auto& ch = src.channels();
     REQUIRE(ch.size() == 2);
@@ -247,7 +325,7 @@ TEST_CASE("nvml: a device without the energy counter falls back to power in mW")
   fake.add_device(kUuid0, "Tesla T4", 100, 70000);
   fake.add_device(kUuid1, "Tesla P100", 100, 123456);
   fake.set(1, "energy_error", "3");  // NOT_SUPPORTED, like pre-Volta GPUs
-  NvmlSource src(kLib, std::nullopt);
+  NvmlSource src(pci_order());
   const auto& ch = src.channels();
   REQUIRE(ch.size() == 2);
   CHECK(ch[0].kind == ChannelKind::counter);
@@ -265,7 +343,7 @@ TEST_CASE("nvml: a device with neither energy nor power is a reason, others keep
   FakeNvml fake;
   fake.add_device(kUuid0, "GeForce GT 710", -1, -1);
   fake.add_device(kUuid1, "NVIDIA A100", 42, 1);
-  NvmlSource src(kLib, std::nullopt);
+  NvmlSource src(pci_order());
   const auto& ch = src.channels();
   REQUIRE(ch.size() == 1);
   CHECK(ch[0].domain == "gpu:1");
@@ -287,7 +365,7 @@ TEST_CASE("nvml: a device NVML cannot open is a reason on that device only") {
   fake.add_device(kUuid0, "NVIDIA A100", 1, 1);
   fake.add_device(kUuid1, "NVIDIA A100", 2, 2);
   fake.set(0, "handle_error", "4");  // NO_PERMISSION
-  NvmlSource src(kLib, std::nullopt);
+  NvmlSource src(pci_order());  // its model is unknown, so CUDA's default order would be too
   REQUIRE(src.channels().size() == 1);
   CHECK(src.channels()[0].domain == "gpu:1");
   const auto st = src.status();
@@ -569,4 +647,324 @@ TEST_CASE("nvml: a library without the _v2 entry points is a reason") {
   CHECK(contains(st[0].reason, "lacks nvmlInit_v2"));
   CHECK(contains(st[0].reason, "update the NVIDIA driver"));
   fs::remove_all(fs::path(lib).parent_path());
+}
+
+// ---------------------------------------------------------------- CUDA order
+
+TEST_CASE("nvml: with CUDA_DEVICE_ORDER=PCI_BUS_ID CUDA indices follow PCI bus order") {
+  FakeNvml fake;
+  mixed_machine(fake);
+  SUBCASE("unset CUDA_VISIBLE_DEVICES lists every GPU in bus order") {
+    NvmlSource src(pci_order());
+    const auto r = read_all(src);
+    REQUIRE(r.raw.size() == 3);
+    CHECK(r.raw[0] == 2000ULL);  // bus 0x01
+    CHECK(r.raw[1] == 3000ULL);  // bus 0x41
+    CHECK(r.raw[2] == 1000ULL);  // bus 0x81
+    CHECK(contains(src.channels()[2].detail, "Tesla T4"));
+  }
+  SUBCASE("indices name positions in bus order") {
+    NvmlSource src(pci_order(std::string("2,0")));
+    const auto r = read_all(src);
+    REQUIRE(r.raw.size() == 2);
+    CHECK(r.raw[0] == 1000ULL);
+    CHECK(r.raw[1] == 2000ULL);
+  }
+}
+
+TEST_CASE("nvml: with CUDA's default order, mixed models make CUDA indices a reason, not a guess") {
+  FakeNvml fake;
+  mixed_machine(fake);
+  NvmlOptions o;
+  o.library = kLib;
+  SUBCASE("unset CUDA_VISIBLE_DEVICES: every GPU is a reason") {
+    NvmlSource src(o);
+    CHECK(src.channels().empty());
+    const auto st = src.status();
+    REQUIRE(st.size() == 3);
+    for (int i = 0; i < 3; ++i) {
+      CHECK(st[static_cast<std::size_t>(i)].domain == "gpu:" + std::to_string(i));
+      CHECK_FALSE(st[static_cast<std::size_t>(i)].available);
+    }
+    CHECK(contains(st[1].reason, "gpu:1 is CUDA device 1"));
+    CHECK(contains(st[1].reason, "Tesla T4"));
+    CHECK(contains(st[1].reason, "NVIDIA A100-SXM4-40GB"));
+    CHECK(contains(st[1].reason, "set CUDA_DEVICE_ORDER=PCI_BUS_ID"));
+    CHECK(contains(st[1].reason, "by UUID"));
+  }
+  SUBCASE("UUID entries stay exact beside an index that is a reason") {
+    o.cuda_visible_devices = "GPU-cccc,1";
+    o.order_hint = "or ask the runtime";
+    NvmlSource src(o);
+    REQUIRE(src.channels().size() == 1);
+    CHECK(src.channels()[0].domain == "gpu:0");
+    CHECK(read_all(src).raw[0] == 3000ULL);
+    const auto st = src.status();
+    REQUIRE(st.size() == 2);
+    CHECK(st[0].available);
+    CHECK_FALSE(st[1].available);
+    CHECK(contains(st[1].reason, "CUDA_VISIBLE_DEVICES entry \"1\" names CUDA device 1"));
+    CHECK(contains(st[1].reason, ", or or ask the runtime"));
+  }
+  SUBCASE("an index listed twice still stops enumeration") {
+    o.cuda_visible_devices = "0,0";
+    NvmlSource src(o);
+    const auto st = src.status();
+    REQUIRE(st.size() == 2);
+    CHECK(st[0].domain == "gpu:0");
+    const DomainStatus* note = find_status(st, "gpu");
+    REQUIRE(note != nullptr);
+    CHECK(contains(note->reason, "repeats a GPU already listed"));
+  }
+  SUBCASE("an out-of-range index is out of range whatever the order") {
+    o.cuda_visible_devices = "5";
+    NvmlSource src(o);
+    const auto st = src.status();
+    REQUIRE(st.size() == 1);
+    CHECK(contains(st[0].reason, "hides all 3 GPU(s)"));
+  }
+}
+
+TEST_CASE("nvml: with CUDA's default order, one model means PCI bus order") {
+  FakeNvml fake;
+  mixed_machine(fake);
+  fake.set(0, "name", "NVIDIA A100-SXM4-40GB");
+  NvmlSource src(kLib, std::string("0,2"));
+  const auto r = read_all(src);
+  REQUIRE(r.raw.size() == 2);
+  CHECK(r.raw[0] == 2000ULL);  // bus 0x01 is CUDA device 0, though NVML calls it 1
+  CHECK(r.raw[1] == 1000ULL);  // bus 0x81
+}
+
+TEST_CASE("nvml: the CUDA runtime's UUIDs decide gpu:<i> outright") {
+  FakeNvml fake;
+  mixed_machine(fake);
+  NvmlOptions o;
+  o.library = kLib;
+  SUBCASE("with or without the GPU- prefix, in any case") {
+    o.cuda_uuids = std::vector<std::string>{"CCCCCCCC-3333-4333-8333-333333333333", kUuid0};
+    NvmlSource src(o);
+    const auto r = read_all(src);
+    REQUIRE(r.raw.size() == 2);
+    CHECK(r.raw[0] == 3000ULL);
+    CHECK(r.raw[1] == 1000ULL);
+    CHECK(src.status().size() == 2);
+  }
+  SUBCASE("a UUID prefix is not enough: the runtime gives whole UUIDs") {
+    o.cuda_uuids = std::vector<std::string>{"GPU-cccccccc"};
+    NvmlSource src(o);
+    CHECK(src.channels().empty());
+    const auto st = src.status();
+    REQUIRE(st.size() == 1);
+    CHECK(st[0].domain == "gpu:0");
+    CHECK(contains(st[0].reason, "cuda:0 has UUID GPU-cccccccc"));
+  }
+  SUBCASE("a MIG instance is a reason") {
+    o.cuda_uuids = std::vector<std::string>{kUuid1, "MIG-4f5e6d7c-1234-5678-9abc-def012345678"};
+    NvmlSource src(o);
+    REQUIRE(src.channels().size() == 1);
+    const auto st = src.status();
+    REQUIRE(st.size() == 2);
+    CHECK(contains(st[1].reason, "cuda:1 is MIG instance"));
+  }
+  SUBCASE("a runtime that sees no GPU") {
+    o.cuda_uuids = std::vector<std::string>{};
+    NvmlSource src(o);
+    const auto st = src.status();
+    REQUIRE(st.size() == 1);
+    CHECK(st[0].domain == "gpu");
+    CHECK(contains(st[0].reason, "the CUDA runtime sees no GPU"));
+  }
+}
+
+// ---------------------------------------------------------------- channel facts
+
+TEST_CASE("nvml: max_power_w is 1.5x the largest limit the GPU can be set to, else 1500 W") {
+  FakeNvml fake;
+  fake.three_gpus();
+  fake.set(0, "power_limit_mw", "300000");
+  fake.set(0, "power_max_limit_mw", "400000");  // the limit may be raised to this while we run
+  fake.set(1, "power_limit_mw", "250000");
+  NvmlSource src(kLib, std::nullopt);
+  const auto& ch = src.channels();
+  REQUIRE(ch.size() == 3);
+  CHECK(ch[0].max_power_w == doctest::Approx(600.0));
+  CHECK(ch[1].max_power_w == doctest::Approx(375.0));
+  CHECK(ch[2].max_power_w == doctest::Approx(1500.0));
+}
+
+TEST_CASE("nvml: a power channel's averaging window follows the GPU generation") {
+  FakeNvml fake;
+  fake.add_device(kUuid0, "NVIDIA RTX A6000", -1, 1);
+  fake.set(0, "cuda_cc", "8.6");
+  fake.add_device(kUuid1, "NVIDIA A100", -1, 1);
+  fake.set(1, "cuda_cc", "8.0");
+  fake.add_device(kUuid2, "NVIDIA H100", -1, 1);
+  fake.set(2, "cuda_cc", "9.0");
+  fake.add_device("GPU-dddddddd-4444-4444-8444-444444444444", "Tesla P100", -1, 1);
+  fake.add_device("GPU-eeeeeeee-5555-4555-8555-555555555555", "NVIDIA H100", 7, 1);
+  fake.set(4, "cuda_cc", "9.0");
+  NvmlSource src(pci_order());
+  const auto& ch = src.channels();
+  REQUIRE(ch.size() == 5);
+  CHECK(ch[0].power_window_ns == 1000000000LL);  // Ampere but not GA100: 1 s mean
+  CHECK(ch[1].power_window_ns == 0);             // GA100: instantaneous
+  CHECK(ch[2].power_window_ns == 1000000000LL);
+  CHECK(ch[3].power_window_ns == -1);  // NVML cannot say which GPU it is
+  CHECK(ch[4].kind == ChannelKind::counter);
+  CHECK(ch[4].power_window_ns == -1);  // not a power channel
+}
+
+// ---------------------------------------------------------------- mid-run changes
+
+TEST_CASE("nvml: a counter reset is reported as the new small value, not hidden") {
+  FakeNvml fake;
+  fake.add_device(kUuid0, "NVIDIA H100", 5000000, 1);
+  NvmlSource src(kLib, std::nullopt);
+  CHECK(read_all(src).raw[0] == 5000000ULL);
+  fake.set(0, "energy_mj", "12");  // driver reload: the counter starts again
+  const auto r = read_all(src);
+  CHECK(r.ok[0]);
+  CHECK(r.raw[0] == 12ULL);
+  CHECK(src.status()[0].available);
+}
+
+TEST_CASE("nvml: a counter that stops being supported after working is a reason") {
+  FakeNvml fake;
+  fake.add_device(kUuid0, "NVIDIA H100", 5000, 1);
+  NvmlSource src(kLib, std::nullopt);
+  CHECK(read_all(src).ok[0]);
+  fake.set(0, "energy_error", "3");
+  CHECK_FALSE(read_all(src).ok[0]);
+  const auto st = src.status();
+  CHECK_FALSE(st[0].available);
+  CHECK(contains(st[0].reason, "(NVML_ERROR_NOT_SUPPORTED) since "));
+  CHECK(contains(st[0].reason, "energy counter"));
+}
+
+// ---------------------------------------------------------------- fork
+
+TEST_CASE("nvml: a forked child initialises NVML itself and shuts down only its own init") {
+  FakeNvml fake;
+  fake.three_gpus();
+  fake.log_calls();
+  InitCounter inits(kLib);
+  auto src = std::make_unique<NvmlSource>(kLib, std::nullopt);
+  REQUIRE(inits() == 1);
+
+  const auto [child, code] = in_child([&] {
+    src->after_fork_in_child();
+    if (inits() != 0) return 10;  // the parent's init is not the child's
+    const auto r = read_all(*src);
+    if (!(r.ok[0] && r.ok[1] && r.ok[2])) return 11;
+    if (r.raw[0] != 1000 || r.raw[2] != 3000) return 12;
+    if (inits() != 1) return 13;
+    if (!src->status()[1].available) return 14;
+    src.reset();
+    return inits() == 0 ? 0 : 15;  // its own init, shut down once
+  });
+  CHECK(code == 0);
+
+  const auto calls = fake.calls_of(child);
+  REQUIRE_FALSE(calls.empty());
+  CHECK(calls.front() == "init");  // before any device call
+  CHECK(count_of(calls, "init") == 1);
+  CHECK(count_of(calls, "handle_by_uuid") == 3);  // the same GPUs, found by UUID
+  CHECK(count_of(calls, "energy") == 3);
+  CHECK(count_of(calls, "shutdown") == 1);
+  CHECK(calls.back() == "shutdown");
+
+  // The parent's initialisation and readings are untouched.
+  CHECK(inits() == 1);
+  const auto r = read_all(*src);
+  CHECK(r.ok[0]);
+  CHECK(r.raw[1] == 2000ULL);
+  src.reset();
+  CHECK(inits() == 0);
+}
+
+TEST_CASE("nvml: a forked child that never read calls nothing in NVML, even on destruction") {
+  FakeNvml fake;
+  fake.three_gpus();
+  fake.log_calls();
+  InitCounter inits(kLib);
+  auto src = std::make_unique<NvmlSource>(kLib, std::nullopt);
+
+  SUBCASE("told by the after-fork hook") {
+    const auto [child, code] = in_child([&] {
+      src->after_fork_in_child();
+      src.reset();
+      return 0;
+    });
+    CHECK(code == 0);
+    CHECK(fake.calls_of(child).empty());
+  }
+  SUBCASE("not told: the destructor still sees another process") {
+    const auto [child, code] = in_child([&] {
+      src.reset();
+      return 0;
+    });
+    CHECK(code == 0);
+    CHECK(fake.calls_of(child).empty());
+  }
+  SUBCASE("a grandchild does not shut down its parent's own init") {
+    const auto [child, code] = in_child([&] {
+      src->after_fork_in_child();
+      if (!read_all(*src).ok[0]) return 20;
+      const auto [grandchild, inner] = in_child([&] {
+        src.reset();
+        return 0;
+      });
+      if (inner != 0) return 21;
+      if (!fake.calls_of(grandchild).empty()) return 22;
+      return inits() == 1 ? 0 : 23;
+    });
+    CHECK(code == 0);
+    CHECK(count_of(fake.calls_of(child), "shutdown") == 0);
+  }
+  CHECK(inits() == 1);
+}
+
+TEST_CASE("nvml: a forked child that cannot initialise NVML gets a reason, not a crash") {
+  FakeNvml fake;
+  fake.three_gpus();
+  auto src = std::make_unique<NvmlSource>(kLib, std::nullopt);
+  const auto [child, code] = in_child([&] {
+    fake.write("init_error", "9");  // DRIVER_NOT_LOADED
+    src->after_fork_in_child();
+    auto r = read_all(*src);
+    if (r.ok[0] || r.ok[1] || r.ok[2]) return 30;
+    r = read_all(*src);  // no retry loop, no crash
+    if (r.ok[0]) return 31;
+    const auto st = src->status();
+    if (st.size() != 3 || st[0].available) return 32;
+    if (!contains(st[0].reason, "NVML failed to initialise in this forked process")) return 33;
+    if (!contains(st[0].reason, "NVML_ERROR_DRIVER_NOT_LOADED")) return 34;
+    return 0;
+  });
+  (void)child;
+  CHECK(code == 0);
+  fake.remove("init_error");
+  CHECK(read_all(*src).ok[0]);  // the parent keeps measuring
+}
+
+TEST_CASE("nvml: a forked child that cannot find a GPU again by UUID loses only that GPU") {
+  FakeNvml fake;
+  fake.three_gpus();
+  auto src = std::make_unique<NvmlSource>(kLib, std::nullopt);
+  const auto [child, code] = in_child([&] {
+    fake.set(1, "uuid", "GPU-99999999-9999-4999-8999-999999999999");
+    src->after_fork_in_child();
+    const auto r = read_all(*src);
+    if (!r.ok[0] || r.ok[1] || !r.ok[2]) return 40;
+    const auto st = src->status();
+    if (!st[0].available || st[1].available) return 41;
+    if (!contains(st[1].reason, "cannot find NVIDIA A100-SXM4-40GB " + kUuid1 + " again")) return 42;
+    if (!contains(st[1].reason, "NVML_ERROR_NOT_FOUND")) return 43;
+    return 0;
+  });
+  (void)child;
+  CHECK(code == 0);
+  fake.set(1, "uuid", kUuid1);
+  CHECK(read_all(*src).ok[1]);
 }

@@ -235,7 +235,7 @@ TEST_CASE("rapl: the safe period comes from the smallest counter range") {
   const std::int64_t big_period = big_src.max_safe_period_ns();
   // Wrap-safe at any plausible package power (<= 500 W), yet finite.
   CHECK(big_period > 0);
-  CHECK(big_period <= greenml::max_period_for_range_ns(kRange, 500.0));
+  CHECK(big_period <= greenml::max_period_for_range_ns(kRange, 1e-6, 500.0));
   CHECK(big_period > 1'000'000'000);  // a 2^38 uJ range never needs sub-second sampling
 
   PowercapTree small;
@@ -244,7 +244,7 @@ TEST_CASE("rapl: the safe period comes from the smallest counter range") {
   RaplSource small_src(small.root());
   CHECK(small_src.max_safe_period_ns() > 0);
   CHECK(small_src.max_safe_period_ns() < big_period);
-  CHECK(small_src.max_safe_period_ns() <= greenml::max_period_for_range_ns(kRange / 1000, 500.0));
+  CHECK(small_src.max_safe_period_ns() <= greenml::max_period_for_range_ns(kRange / 1000, 1e-6, 500.0));
 
   greenml_test::TempDir empty;
   CHECK(RaplSource(empty.str()).max_safe_period_ns() == INT64_MAX);  // nothing to wrap

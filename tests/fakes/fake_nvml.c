@@ -13,10 +13,23 @@
  *   $FAKE_NVML_DIR/<i>/energy_mj     static energy counter (mJ); missing = NOT_SUPPORTED
  *   $FAKE_NVML_DIR/<i>/power_mw      static power (mW); missing = NOT_SUPPORTED
  *   $FAKE_NVML_DIR/<i>/profile       time-driven model, see below (wins over the static files)
+ *   $FAKE_NVML_DIR/<i>/pci_bus_id    "domain:bus:device.function" in hex, e.g. 0000:3b:00.0;
+ *                                    default 0000:<16+i>:00.0, so PCI order is NVML order
+ *   $FAKE_NVML_DIR/<i>/power_limit_mw      enforced power limit (mW); missing = NOT_SUPPORTED
+ *   $FAKE_NVML_DIR/<i>/power_max_limit_mw  largest settable limit (mW); missing = NOT_SUPPORTED
+ *   $FAKE_NVML_DIR/<i>/cuda_cc       CUDA compute capability "major.minor"; missing = NOT_SUPPORTED
  *   $FAKE_NVML_DIR/<i>/{energy,power,handle,uuid,name}_error
  *                                    optional nvmlReturn_t injected into that call
  *                                    (e.g. 3 NOT_SUPPORTED, 4 NO_PERMISSION, 15 GPU_IS_LOST);
  *                                    0 or a missing file means no error.
+ *   $FAKE_NVML_DIR/calls.log         when this file exists, every NVML call appends a line
+ *                                    "<pid> <call>" to it (call: init, shutdown, count, handle,
+ *                                    handle_by_uuid, uuid, name, pci, energy, power, limit,
+ *                                    cc), one write(2) per line so processes never interleave.
+ *
+ * A counter reset is a smaller energy_mj (or a profile restarted with t0 = now);
+ * a GPU lost mid-run is energy_error/power_error = 15; a counter that stops
+ * being supported after working is energy_error = 3.
  *
  * Profile: one line "base_w amp_w freq_hz update_ms t0_ns". With t the
  * CLOCK_MONOTONIC time in ns and tau = (t - t0_ns) / 1e9 seconds,
@@ -39,18 +52,28 @@
  *   -DFAKE_NVML_NO_V2       only the old names nvmlInit, nvmlDeviceGetCount,
  *                           nvmlDeviceGetHandleByIndex exist (no _v2)
  *
+ * Initialisation is per process, stricter than NVML: a forked child inherits
+ * the parent's memory but not its initialisation, so until the child calls
+ * nvmlInit itself every device call there returns NVML_ERROR_UNINITIALIZED,
+ * and an nvmlShutdown there (the parent's init) returns it too. A test sees a
+ * child reusing its parent's state as failed reads, and calls.log tells which
+ * process called what.
+ *
  * Test hook: fake_nvml_init_count() returns nvmlInit minus nvmlShutdown calls
- * so a test can check that NVML was shut down.
+ * of the calling process, so a test can check that NVML was shut down.
  *
  * Build: cc -shared -fPIC -O2 -Wall -Wextra fake_nvml.c -o libnvidia-ml.so.1 -lm
  */
 #define _POSIX_C_SOURCE 200809L
 
+#include <fcntl.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/types.h>
 #include <time.h>
+#include <unistd.h>
 
 #define FAKE_EXPORT __attribute__((visibility("default")))
 
@@ -75,7 +98,11 @@ enum {
 #define FAKE_MAX_DEVICES 64
 
 static struct fake_nvml_device g_devices[FAKE_MAX_DEVICES];
-static int g_init_count; /* nvmlInit minus nvmlShutdown, like NVML's ref count */
+static int g_init_count;  /* nvmlInit minus nvmlShutdown, like NVML's ref count */
+static pid_t g_init_pid;  /* the process g_init_count belongs to */
+
+/* This process's count: a forked child starts at 0 whatever it inherited. */
+static int init_count(void) { return g_init_pid == getpid() ? g_init_count : 0; }
 
 /* Reads $FAKE_NVML_DIR/<rel> into buf (NUL-terminated, trailing whitespace
  * stripped). Returns 0 when the variable is unset or the file is missing. */
@@ -95,6 +122,22 @@ static int read_file(const char* rel, char* buf, size_t size) {
                    buf[n - 1] == '\t'))
     buf[--n] = '\0';
   return 1;
+}
+
+/* Appends "<pid> <call>" to $FAKE_NVML_DIR/calls.log when that file exists. */
+static void log_call(const char* call) {
+  const char* dir = getenv("FAKE_NVML_DIR");
+  char path[4096];
+  char line[128];
+  int fd;
+  int n;
+  if (dir == NULL) return;
+  if (snprintf(path, sizeof path, "%s/calls.log", dir) >= (int)sizeof path) return;
+  fd = open(path, O_WRONLY | O_APPEND | O_CLOEXEC);
+  if (fd < 0) return;
+  n = snprintf(line, sizeof line, "%ld %s\n", (long)getpid(), call);
+  if (n > 0 && write(fd, line, (size_t)n) < 0) { /* a lost log line fails the test that reads it */ }
+  close(fd);
 }
 
 static int read_device_file(unsigned int index, const char* name, char* buf, size_t size) {
@@ -135,7 +178,7 @@ static unsigned int device_count(void) {
 
 /* Checks the handle and the initialisation state shared by device calls. */
 static nvmlReturn_t check_device(nvmlDevice_t device) {
-  if (g_init_count <= 0) return NVML_ERROR_UNINITIALIZED;
+  if (init_count() <= 0) return NVML_ERROR_UNINITIALIZED;
   if (device == NULL || device < &g_devices[0] || device >= &g_devices[FAKE_MAX_DEVICES])
     return NVML_ERROR_INVALID_ARGUMENT;
   return NVML_SUCCESS;
@@ -189,28 +232,36 @@ static unsigned int profile_power_mw(const struct profile* p, long long now_ns) 
 
 static nvmlReturn_t do_init(void) {
   long long code = 0;
+  log_call("init");
   if (getenv("FAKE_NVML_DIR") == NULL) return NVML_ERROR_DRIVER_NOT_LOADED;
   if (read_ll("init_error", &code) && code != 0) return (nvmlReturn_t)code;
-  ++g_init_count;
+  g_init_count = init_count() + 1;
+  g_init_pid = getpid();
   return NVML_SUCCESS;
 }
 
 static nvmlReturn_t do_get_count(unsigned int* count) {
-  if (g_init_count <= 0) return NVML_ERROR_UNINITIALIZED;
+  log_call("count");
+  if (init_count() <= 0) return NVML_ERROR_UNINITIALIZED;
   if (count == NULL) return NVML_ERROR_INVALID_ARGUMENT;
   *count = device_count();
   return NVML_SUCCESS;
 }
 
-static nvmlReturn_t do_get_handle(unsigned int index, nvmlDevice_t* device) {
+static nvmlReturn_t do_get_handle_quiet(unsigned int index, nvmlDevice_t* device) {
   nvmlReturn_t rc;
-  if (g_init_count <= 0) return NVML_ERROR_UNINITIALIZED;
+  if (init_count() <= 0) return NVML_ERROR_UNINITIALIZED;
   if (device == NULL || index >= device_count()) return NVML_ERROR_INVALID_ARGUMENT;
   rc = injected(index, "handle");
   if (rc != NVML_SUCCESS) return rc;
   g_devices[index].index = index;
   *device = &g_devices[index];
   return NVML_SUCCESS;
+}
+
+static nvmlReturn_t do_get_handle(unsigned int index, nvmlDevice_t* device) {
+  log_call("handle");
+  return do_get_handle_quiet(index, device);
 }
 
 #ifndef FAKE_NVML_NO_V2
@@ -229,7 +280,8 @@ FAKE_EXPORT nvmlReturn_t nvmlDeviceGetHandleByIndex(unsigned int index, nvmlDevi
 }
 
 FAKE_EXPORT nvmlReturn_t nvmlShutdown(void) {
-  if (g_init_count <= 0) return NVML_ERROR_UNINITIALIZED;
+  log_call("shutdown");
+  if (init_count() <= 0) return NVML_ERROR_UNINITIALIZED;
   --g_init_count;
   return NVML_SUCCESS;
 }
@@ -244,7 +296,9 @@ static nvmlReturn_t copy_string(const char* value, char* out, unsigned int lengt
 
 FAKE_EXPORT nvmlReturn_t nvmlDeviceGetUUID(nvmlDevice_t device, char* uuid, unsigned int length) {
   char buf[256];
-  nvmlReturn_t rc = check_device(device);
+  nvmlReturn_t rc;
+  log_call("uuid");
+  rc = check_device(device);
   if (rc != NVML_SUCCESS) return rc;
   rc = injected(device->index, "uuid");
   if (rc != NVML_SUCCESS) return rc;
@@ -256,7 +310,9 @@ FAKE_EXPORT nvmlReturn_t nvmlDeviceGetUUID(nvmlDevice_t device, char* uuid, unsi
 
 FAKE_EXPORT nvmlReturn_t nvmlDeviceGetName(nvmlDevice_t device, char* name, unsigned int length) {
   char buf[256];
-  nvmlReturn_t rc = check_device(device);
+  nvmlReturn_t rc;
+  log_call("name");
+  rc = check_device(device);
   if (rc != NVML_SUCCESS) return rc;
   rc = injected(device->index, "name");
   if (rc != NVML_SUCCESS) return rc;
@@ -270,7 +326,9 @@ FAKE_EXPORT nvmlReturn_t nvmlDeviceGetTotalEnergyConsumption(nvmlDevice_t device
                                                              unsigned long long* energy) {
   struct profile p;
   long long mj = 0;
-  nvmlReturn_t rc = check_device(device);
+  nvmlReturn_t rc;
+  log_call("energy");
+  rc = check_device(device);
   if (rc != NVML_SUCCESS) return rc;
   if (energy == NULL) return NVML_ERROR_INVALID_ARGUMENT;
   rc = injected(device->index, "energy");
@@ -288,7 +346,9 @@ FAKE_EXPORT nvmlReturn_t nvmlDeviceGetTotalEnergyConsumption(nvmlDevice_t device
 FAKE_EXPORT nvmlReturn_t nvmlDeviceGetPowerUsage(nvmlDevice_t device, unsigned int* power) {
   struct profile p;
   long long mw = 0;
-  nvmlReturn_t rc = check_device(device);
+  nvmlReturn_t rc;
+  log_call("power");
+  rc = check_device(device);
   if (rc != NVML_SUCCESS) return rc;
   if (power == NULL) return NVML_ERROR_INVALID_ARGUMENT;
   rc = injected(device->index, "power");
@@ -317,5 +377,94 @@ FAKE_EXPORT const char* nvmlErrorString(nvmlReturn_t result) {
   }
 }
 
-/* Test hook, not part of NVML. */
-FAKE_EXPORT int fake_nvml_init_count(void) { return g_init_count; }
+FAKE_EXPORT nvmlReturn_t nvmlDeviceGetHandleByUUID(const char* uuid, nvmlDevice_t* device) {
+  char buf[256];
+  unsigned int i;
+  const unsigned int n = device_count();
+  log_call("handle_by_uuid");
+  if (init_count() <= 0) return NVML_ERROR_UNINITIALIZED;
+  if (uuid == NULL || device == NULL) return NVML_ERROR_INVALID_ARGUMENT;
+  for (i = 0; i < n; ++i) {
+    if (!read_device_file(i, "uuid", buf, sizeof buf))
+      snprintf(buf, sizeof buf, "GPU-%08x-0000-4000-8000-%012x", i, 0xfeed0000U + i);
+    if (strcmp(buf, uuid) == 0) return do_get_handle_quiet(i, device);
+  }
+  return NVML_ERROR_NOT_FOUND;
+}
+
+/* nvml.h's nvmlPciInfo_t (the _v3 layout): legacy id at 0, domain at 16, bus
+ * at 20, device at 24, pciDeviceId at 28, pciSubSystemId at 32, busId at 36. */
+typedef struct {
+  char busIdLegacy[16];
+  unsigned int domain;
+  unsigned int bus;
+  unsigned int device;
+  unsigned int pciDeviceId;
+  unsigned int pciSubSystemId;
+  char busId[32];
+} nvmlPciInfo_t;
+
+FAKE_EXPORT nvmlReturn_t nvmlDeviceGetPciInfo_v3(nvmlDevice_t device, nvmlPciInfo_t* pci) {
+  char buf[64];
+  unsigned int domain = 0, bus = 0, dev = 0, fn = 0;
+  nvmlReturn_t rc;
+  log_call("pci");
+  rc = check_device(device);
+  if (rc != NVML_SUCCESS) return rc;
+  if (pci == NULL) return NVML_ERROR_INVALID_ARGUMENT;
+  if (read_device_file(device->index, "pci_bus_id", buf, sizeof buf)) {
+    if (sscanf(buf, "%x:%x:%x.%x", &domain, &bus, &dev, &fn) != 4) return NVML_ERROR_UNKNOWN;
+  } else {
+    bus = 16 + device->index;
+  }
+  memset(pci, 0, sizeof *pci);
+  pci->domain = domain;
+  pci->bus = bus;
+  pci->device = dev;
+  pci->pciDeviceId = 0x10de; /* NVIDIA's vendor id in the low 16 bits */
+  snprintf(pci->busIdLegacy, sizeof pci->busIdLegacy, "%04x:%02x:%02x.%x", domain & 0xffffU, bus,
+           dev, fn);
+  snprintf(pci->busId, sizeof pci->busId, "%08x:%02x:%02x.%x", domain, bus, dev, fn);
+  return NVML_SUCCESS;
+}
+
+static nvmlReturn_t read_uint(nvmlDevice_t device, const char* file, const char* call,
+                              unsigned int* out) {
+  long long v = 0;
+  nvmlReturn_t rc;
+  log_call(call);
+  rc = check_device(device);
+  if (rc != NVML_SUCCESS) return rc;
+  if (out == NULL) return NVML_ERROR_INVALID_ARGUMENT;
+  if (!read_device_ll(device->index, file, &v) || v < 0) return NVML_ERROR_NOT_SUPPORTED;
+  *out = (unsigned int)v;
+  return NVML_SUCCESS;
+}
+
+FAKE_EXPORT nvmlReturn_t nvmlDeviceGetEnforcedPowerLimit(nvmlDevice_t device, unsigned int* limit) {
+  return read_uint(device, "power_limit_mw", "limit", limit);
+}
+
+FAKE_EXPORT nvmlReturn_t nvmlDeviceGetPowerManagementLimitConstraints(nvmlDevice_t device,
+                                                                       unsigned int* min_limit,
+                                                                       unsigned int* max_limit) {
+  nvmlReturn_t rc = read_uint(device, "power_max_limit_mw", "limit", max_limit);
+  if (rc == NVML_SUCCESS && min_limit != NULL) *min_limit = 0;
+  return rc;
+}
+
+FAKE_EXPORT nvmlReturn_t nvmlDeviceGetCudaComputeCapability(nvmlDevice_t device, int* major,
+                                                            int* minor) {
+  char buf[64];
+  nvmlReturn_t rc;
+  log_call("cc");
+  rc = check_device(device);
+  if (rc != NVML_SUCCESS) return rc;
+  if (major == NULL || minor == NULL) return NVML_ERROR_INVALID_ARGUMENT;
+  if (!read_device_file(device->index, "cuda_cc", buf, sizeof buf)) return NVML_ERROR_NOT_SUPPORTED;
+  if (sscanf(buf, "%d.%d", major, minor) != 2) return NVML_ERROR_UNKNOWN;
+  return NVML_SUCCESS;
+}
+
+/* Test hook, not part of NVML: this process's nvmlInit minus nvmlShutdown. */
+FAKE_EXPORT int fake_nvml_init_count(void) { return init_count(); }

@@ -12,6 +12,14 @@ so a test can change the "hardware" while the code under test runs::
 The fake calls getenv() each time, so in-process use needs the variable in
 ``os.environ``; subprocesses get it from ``fake.env``.
 
+For the sampler's tests: ``fake.reset_counter(i)`` makes the energy counter jump
+back (a driver reload), ``fake.lose(i)`` makes every read of a GPU fail with
+GPU_IS_LOST, ``fake.set_error(i, "energy", NOT_SUPPORTED)`` makes a counter
+that worked stop being supported. ``fake.log_calls()`` then ``fake.calls()``
+tell which process called which NVML function, in order; the fake keeps
+nvmlInit per process, so a forked child that did not call nvmlInit itself
+gets NVML_ERROR_UNINITIALIZED from every device call.
+
 Caveats: a process loads one copy of a given library path, and the fake keeps
 its nvmlInit count per loaded copy. Variants (``variant="no_energy"``,
 ``"no_v2"``) are built to separate paths so they can coexist.
@@ -33,7 +41,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Dict, Iterator, Optional, Union
+from typing import Dict, Iterator, List, Optional, Tuple, Union
 
 __all__ = [
     "SOURCE",
@@ -165,6 +173,7 @@ class FakeNvml:
     """One scripted machine: a directory of files the fake reads on every call."""
 
     _KINDS = ("energy", "power", "handle", "uuid", "name")
+    _PROFILE_FIELDS = ("base_w", "amp_w", "freq_hz", "update_ms")
 
     def __init__(self, root: PathLike, variant: Optional[str] = None,
                  library: Optional[PathLike] = None) -> None:
@@ -173,6 +182,7 @@ class FakeNvml:
         self.variant = variant
         self.library_path = Path(library) if library is not None else fake_nvml_library(variant)
         self._count = 0
+        self._profiles: Dict[int, Dict[str, float]] = {}
         self._write("count", 0)
 
     # -- plumbing --
@@ -233,13 +243,23 @@ class FakeNvml:
             self._write("init_error", int(code))
 
     def add_device(self, uuid: Optional[str] = None, name: str = "NVIDIA Fake GPU",
-                   energy_mj: Optional[int] = 0, power_mw: Optional[int] = 0) -> int:
+                   energy_mj: Optional[int] = 0, power_mw: Optional[int] = 0,
+                   pci_bus_id: Optional[str] = None, power_limit_mw: Optional[int] = None,
+                   power_max_limit_mw: Optional[int] = None,
+                   cuda_cc: Optional[str] = None) -> int:
         """Add a device and return its NVML index.
 
         ``energy_mj=None`` makes the energy counter NOT_SUPPORTED (pre-Volta),
-        ``power_mw=None`` likewise for power.
+        ``power_mw=None`` likewise for power. ``pci_bus_id`` ("0000:3b:00.0";
+        default bus 16 + index, so PCI order is NVML order), ``power_limit_mw``
+        (enforced limit), ``power_max_limit_mw`` (largest settable limit) and
+        ``cuda_cc`` ("8.6") are NOT_SUPPORTED-when-None except the bus id.
         """
         i = self._count
+        for rel, value in (("pci_bus_id", pci_bus_id), ("power_limit_mw", power_limit_mw),
+                           ("power_max_limit_mw", power_max_limit_mw), ("cuda_cc", cuda_cc)):
+            if value is not None:
+                self._write(f"{i}/{rel}", value)
         if uuid is None:
             uuid = f"GPU-{i:08x}-0000-4000-8000-{0xfeed0000 + i:012x}"
         self._write(f"{i}/uuid", uuid)
@@ -295,14 +315,65 @@ class FakeNvml:
         if t0_ns is None:
             t0_ns = time_ns_monotonic()
         self._write(f"{index}/profile", f"{base_w!r} {amp_w!r} {freq_hz!r} {update_ms!r} {int(t0_ns)}")
+        self._profiles[index] = dict(base_w=base_w, amp_w=amp_w, freq_hz=freq_hz,
+                                     update_ms=update_ms)
         return int(t0_ns)
 
     def clear_profile(self, index: int) -> None:
         self._check(index)
+        self._profiles.pop(index, None)
         self._remove(f"{index}/profile")
 
+    # -- mid-run events, for the sampler's tests --
+
+    def reset_counter(self, index: int, energy_mj: int = 0) -> Optional[int]:
+        """The energy counter jumps back, as after a driver reload or GPU reset.
+
+        With a profile, the profile restarts now (its counter starts again at 0
+        and ``energy_mj`` must be 0); returns the new t0_ns. Without one, the
+        static counter becomes ``energy_mj``; returns None.
+        """
+        self._check(index)
+        profile = self._profiles.get(index)
+        if profile is None:
+            self.set_energy(index, energy_mj)
+            return None
+        if energy_mj != 0:
+            raise ValueError("a profile's counter restarts at 0; pass energy_mj=0")
+        return self.set_profile(index, **profile)
+
+    def lose(self, index: int, code: int = GPU_IS_LOST) -> None:
+        """Every energy and power read of this GPU fails with ``code`` from now on."""
+        self.set_error(index, "energy", code)
+        self.set_error(index, "power", code)
+
+    # -- which process called what --
+
+    def log_calls(self) -> Path:
+        """From now on every NVML call appends "<pid> <call>" to a log; returns its path."""
+        path = self.dir / "calls.log"
+        path.touch()
+        return path
+
+    def calls(self, pid: Optional[int] = None) -> List[Tuple[int, str]]:
+        """The logged calls as (pid, call) in order, only those of ``pid`` when given.
+
+        Calls: init, shutdown, count, handle, handle_by_uuid, uuid, name, pci,
+        energy, power, limit, cc. Empty unless log_calls() came first.
+        """
+        try:
+            text = (self.dir / "calls.log").read_text()
+        except FileNotFoundError:
+            return []
+        out = []
+        for line in text.splitlines():
+            who, call = line.split()
+            if pid is None or int(who) == pid:
+                out.append((int(who), call))
+        return out
+
     def init_count(self) -> int:
-        """nvmlInit minus nvmlShutdown calls in this process's copy of the fake.
+        """nvmlInit minus nvmlShutdown calls of this process in its copy of the fake.
 
         ctypes dlopens the same path, so it sees the copy _core loaded; the
         copy stays loaded while ctypes holds it.

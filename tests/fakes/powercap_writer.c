@@ -17,7 +17,7 @@
  * At every update instant t (deadlines T0_NS + k * UPDATE_US, slept to with
  * clock_nanosleep(TIMER_ABSTIME)) each zone's energy_uj becomes
  *
- *   floor(1e6 * E((t - T0_NS) / 1e9)) mod max_energy_range_uj    (no modulo when the range is 0)
+ *   floor(1e6 * E((t - T0_NS) / 1e9)) mod (max_energy_range_uj + 1)   (no modulo when the range is 0)
  *
  * where t is the CLOCK_MONOTONIC time read just before the write: like the
  * hardware, a value is the energy up to the instant it appears, even when the
@@ -142,7 +142,7 @@ static void update_all(struct zone* zones, int nz, int64_t t0_ns) {
     const double tau = (double)(now_ns() - t0_ns) / 1e9;
     double e = floor(1e6 * energy_j(z, tau));
     uint64_t v = e <= 0 ? 0 : (uint64_t)e;
-    if (z->range_uj > 0) v %= z->range_uj;
+    if (z->range_uj > 0) v %= z->range_uj + 1; /* the counter shows 0..max_energy_range_uj inclusive */
     write_value(z, v);
   }
 }

@@ -307,6 +307,8 @@ def warm_up(rt, seconds: float = 0.1, timeout_s: float = 5.0) -> None:
     """Starts ``rt`` and waits (bounded) until its ring holds ``seconds`` of samples, so a
     window does not open on the very first sample (as in a process that has been running)."""
     sampler = rt.ensure_started()
+    # Full rate while warming up (an idle runtime reads once a second), then the usual hold.
+    sampler.touch(int(seconds * 1e9) + rt.edge_hold_ns)
     want = sampler.head + max(2, int(seconds * 1e9 / sampler.period_ns))
     poll_until(lambda: sampler.head >= want, timeout_s=timeout_s, what="sampler warm-up")
 

@@ -29,6 +29,9 @@ struct ChannelInfo {
   // unknown. A counter step implying more than this over the elapsed time is
   // a reset, not a wrap.
   double max_power_w = 0.0;
+  // Power channels: each reading is the mean over this trailing window (ns);
+  // 0 = an instantaneous reading; -1 = unknown, or not a power channel.
+  std::int64_t power_window_ns = -1;
   std::string detail;        // zone path or device name/UUID, for humans
   // Relative error bound of a modelled channel (0.5 = +/-50% of its energy),
   // from the model's documented accuracy; 0 for measured channels, whose

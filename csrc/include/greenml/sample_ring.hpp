@@ -1,14 +1,15 @@
-// Lock-free sample ring: one producer, any number of readers, overwrite-oldest.
+// SampleRing: lock-free, one producer, any number of readers, overwrite-oldest.
 //
 // Each slot carries a sequence number (a per-slot seqlock). Sample g lives in
 // slot g % capacity; its sequence is 2g+1 while being written and 2g+2 once
 // complete. Readers copy a slot and check the sequence before and after: a
 // mismatch means the producer lapped them and the sample is counted as lost.
-// The producer never waits for readers. Every payload word is a relaxed
-// atomic, so a racing copy is never undefined behaviour, only discarded.
+// The producer never waits for readers. Every payload word is an atomic
+// (release stores, acquire loads), so a racing copy is never undefined
+// behaviour, only discarded.
 //
 // "One producer" means one at a time: callers that push from several threads
-// must serialise push() themselves (the sampler does, with its read lock,
+// must serialise push() themselves (the sampler does, with its state lock,
 // whose release/acquire orders one pusher's writes before the next one's).
 #pragma once
 
@@ -26,7 +27,9 @@ class SampleRing {
  public:
   // capacity is rounded up to a power of two; width = values per sample.
   SampleRing(std::size_t capacity, std::size_t width) : width_(width) {
-    if (capacity == 0) throw std::invalid_argument("ring capacity must be > 0");
+    if (capacity == 0 || capacity > max_capacity) {
+      throw std::invalid_argument("ring capacity must be between 1 and 2^26 samples");
+    }
     std::size_t cap = 1;
     while (cap < capacity) cap <<= 1;
     capacity_ = cap;
@@ -59,14 +62,16 @@ class SampleRing {
     const std::size_t slot = static_cast<std::size_t>(g & mask_);
     auto& seq = word(slot, 0);
     seq.store(2 * g + 1, std::memory_order_relaxed);
-    // release fence: a reader that observes any payload word below must also
-    // observe the odd sequence when it re-reads seq after its acquire fence.
-    std::atomic_thread_fence(std::memory_order_release);
-    word(slot, 1).store(static_cast<std::uint64_t>(t_ns), std::memory_order_relaxed);
+    // Each payload store is a release: the odd sequence above happens-before
+    // it, so a reader whose acquire load sees a payload word of sample g also
+    // sees the sequence move off its s1 when it re-checks. (Release stores and
+    // acquire loads rather than bare fences: ThreadSanitizer models these.)
+    word(slot, 1).store(static_cast<std::uint64_t>(t_ns), std::memory_order_release);
     for (std::size_t k = 0; k < width_; ++k)
-      word(slot, 2 + k).store(values[k], std::memory_order_relaxed);
-    // release: payload happens-before a reader's acquire load of 2g+2.
+      word(slot, 2 + k).store(values[k], std::memory_order_release);
+    // release: the payload happens-before a reader's acquire load of 2g+2.
     seq.store(2 * g + 2, std::memory_order_release);
+    // release: every slot below head is complete before a reader acquires head.
     head_.store(g + 1, std::memory_order_release);
   }
 
@@ -100,10 +105,10 @@ class SampleRing {
       }
       std::int64_t* t = t_out + r.copied;
       std::uint64_t* v = v_out + r.copied * width_;
-      *t = static_cast<std::int64_t>(word(slot, 1).load(std::memory_order_relaxed));
-      for (std::size_t k = 0; k < width_; ++k) v[k] = word(slot, 2 + k).load(std::memory_order_relaxed);
-      // acquire fence: orders the payload loads before the re-check of seq.
-      std::atomic_thread_fence(std::memory_order_acquire);
+      // acquire loads: each orders the re-check of seq below after it, and one
+      // that reads a newer producer's word synchronises with that store.
+      *t = static_cast<std::int64_t>(word(slot, 1).load(std::memory_order_acquire));
+      for (std::size_t k = 0; k < width_; ++k) v[k] = word(slot, 2 + k).load(std::memory_order_acquire);
       if (seq.load(std::memory_order_relaxed) != s1) {
         ++r.lost;  // overwritten while copying: discard the torn copy
         continue;
@@ -115,20 +120,25 @@ class SampleRing {
     return r;
   }
 
-  // Copies the newest complete sample (and its index, if asked); false when
-  // the ring is empty.
+  // Copies the newest complete sample and the index of the sample it copied;
+  // false when the ring is empty (or a reader lapped eight times in a row).
   [[nodiscard]] bool latest(std::int64_t* t_out, std::uint64_t* v_out,
                             std::uint64_t* index_out = nullptr) const noexcept {
     for (int attempt = 0; attempt < 8; ++attempt) {
       const std::uint64_t h = head();
       if (h == 0) return false;
-      if (read(h - 1, 1, t_out, v_out).copied == 1) {
-        if (index_out != nullptr) *index_out = h - 1;
+      std::uint64_t copied_index = 0;
+      // read() may skip ahead when lapped; the index it reports is the truth.
+      if (read(h - 1, 1, t_out, v_out, &copied_index).copied == 1) {
+        if (index_out != nullptr) *index_out = copied_index;
         return true;
       }
     }
     return false;
   }
+
+  // Largest capacity accepted: 2^26 samples (the caller bounds memory further).
+  static constexpr std::size_t max_capacity = std::size_t{1} << 26;
 
  private:
   static constexpr std::size_t words_per_line = cache_line_bytes / sizeof(std::uint64_t);
