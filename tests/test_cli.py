@@ -434,9 +434,7 @@ def test_given_nothing_measurable_when_run_then_exit_code_kept_and_summary_is_ho
     assert r["energy_j"] is None and r["by_domain"] == {}
 
 
-def test_given_unwritable_log_when_run_then_it_fails_before_the_command_or_keeps_the_result(
-    tmp_path,
-):
+def test_given_unwritable_log_when_run_then_refused_before_the_command(tmp_path):
     marker = tmp_path / "ran"
     bad_log = tmp_path / "no-such-dir" / "run.jsonl"
 
@@ -445,14 +443,12 @@ def test_given_unwritable_log_when_run_then_it_fails_before_the_command_or_keeps
                        env=_nothing_env(tmp_path))
 
     assert "Traceback" not in proc.stderr
-    if marker.exists():  # the command ran: its result and exit code must survive
-        assert proc.returncode == 4
-        assert "greenml run (exit 4)" in proc.stderr
-    else:  # refused up front, with a clear message
-        assert proc.returncode != 0 and str(bad_log) in proc.stderr
+    assert proc.returncode == 2, proc.stderr
+    assert str(bad_log) in proc.stderr and "writable path" in proc.stderr
+    assert not marker.exists()  # a measurement that cannot be kept is not started
 
 
-def test_given_unwritable_json_when_run_then_clear_error_not_a_traceback(tmp_path):
+def test_given_unwritable_json_when_run_then_refused_before_the_command(tmp_path):
     marker = tmp_path / "ran"
     bad_json = tmp_path / "no-such-dir" / "run.json"
 
@@ -461,11 +457,9 @@ def test_given_unwritable_json_when_run_then_clear_error_not_a_traceback(tmp_pat
                        env=_nothing_env(tmp_path))
 
     assert "Traceback" not in proc.stderr
-    assert str(bad_json) in proc.stderr
-    if marker.exists():
-        assert proc.returncode == 4
-    else:
-        assert proc.returncode != 0
+    assert proc.returncode == 2, proc.stderr
+    assert str(bad_json) in proc.stderr and "--json" in proc.stderr
+    assert not marker.exists()
 
 
 def _has_parquet_engine() -> bool:
@@ -486,6 +480,207 @@ def test_given_parquet_trace_without_pyarrow_when_run_then_refused_before_the_co
     assert proc.returncode != 0
     assert "pyarrow" in proc.stderr
     assert not marker.exists()
+
+
+# ----------------------------------------------------------------- run: signals
+
+# A command that writes every signal it gets, one line each: the signal's name and who sent it
+# ("terminal" for the kernel's tty driver, "greenml" for its parent). It takes signals with
+# sigwaitinfo, so two copies of one signal are two lines unless the second was sent before the
+# first was even taken, and it dies by SIGTERM (status "killed by SIGTERM").
+_RECORDER = """
+import os, pathlib, signal, sys
+seen, ready = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+names = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2")
+sigs = {getattr(signal, n) for n in names}
+signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
+parent = os.getppid()
+ready.write_text(str(os.getpid()))
+while True:
+    info = signal.sigwaitinfo(sigs)
+    sender = {0: "terminal", parent: "greenml"}.get(info.si_pid, f"pid-{info.si_pid}")
+    with open(seen, "a") as f:
+        f.write(f"{signal.Signals(info.si_signo).name}:{sender}\\n")
+    if info.si_signo == signal.SIGTERM:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+        os.kill(os.getpid(), signal.SIGTERM)
+"""
+
+
+class Recorder(NamedTuple):
+    seen: Path
+    ready: Path
+    log: Path
+    json: Path
+
+    def argv(self) -> list:
+        return ["run", "--log", str(self.log), "--json", str(self.json), "--",
+                sys.executable, "-c", _RECORDER, str(self.seen), str(self.ready)]
+
+    def lines(self) -> list:
+        return self.seen.read_text().split() if self.seen.exists() else []
+
+
+def _recorder(tmp_path: Path) -> Recorder:
+    return Recorder(tmp_path / "seen", tmp_path / "ready", tmp_path / "run.jsonl",
+                    tmp_path / "run.json")
+
+
+def _kill_quietly(pid: Optional[int]) -> None:
+    if pid is not None:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _assert_run_recorded(rec: Recorder, code: int, stderr: str) -> None:
+    """The summary, the --json result and the --log record all carry the exit status."""
+    assert f"greenml run (exit {code})" in stderr, stderr
+    assert json.loads(rec.json.read_text())["exit_code"] == code
+    runs = [r for r in _records(rec.log) if r["type"] == "run"]
+    assert [r["exit_code"] for r in runs] == [code]
+
+
+def test_given_signals_sent_to_greenml_alone_when_run_then_each_reaches_the_command_once(
+    tmp_path, wait_until,
+):
+    # Given: greenml in a session of its own, without a terminal, running the recorder
+    rec = _recorder(tmp_path)
+    gm = subprocess.Popen([sys.executable, "-m", "greenml", *rec.argv()], env=_nothing_env(tmp_path),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          start_new_session=True)
+    child_pid = None
+    try:
+        child_pid = int(wait_until(lambda: rec.ready.exists() and rec.ready.read_text(),
+                                   timeout=30, message="the command never started"))
+        sent = [signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2]
+        # When: each signal is sent to greenml's pid alone, one after the other
+        for k, signum in enumerate(sent, 1):
+            gm.send_signal(signum)
+            wait_until(lambda: len(rec.lines()) >= k, timeout=10,
+                       message=f"{signum.name} never reached the command: {rec.lines()}")
+            assert gm.poll() is None, f"greenml died of {signum.name}"
+        gm.send_signal(signal.SIGTERM)
+        out, err = gm.communicate(timeout=30)
+    finally:
+        if gm.poll() is None:
+            gm.kill()
+            gm.wait()
+        _kill_quietly(child_pid)
+
+    # Then: the command saw each exactly once, in order, and died of the SIGTERM; greenml
+    # exits 128 + SIGTERM and wrote the summary, the JSON and the log
+    assert rec.lines() == [f"{s.name}:greenml" for s in sent] + ["SIGTERM:greenml"]
+    assert gm.returncode == 128 + signal.SIGTERM, err
+    _assert_run_recorded(rec, 128 + signal.SIGTERM, err)
+
+
+_PTY_LAUNCHER = """
+import os, sys
+os.setsid()
+fd = os.open(sys.argv[1], os.O_RDWR)  # a session leader's first terminal becomes its own
+for std in (0, 1, 2):
+    os.dup2(fd, std)
+os.execv(sys.executable, [sys.executable, "-m", "greenml", *sys.argv[2:]])
+"""
+
+
+def test_given_a_terminal_when_keys_send_signals_then_the_command_gets_each_once(
+    tmp_path, wait_until,
+):
+    # Given: greenml in the foreground of a terminal of its own (a pty), running the recorder
+    import pty
+    import termios
+
+    rec = _recorder(tmp_path)
+    master, slave = pty.openpty()
+    keys = termios.tcgetattr(slave)[6]
+    slave_name = os.ttyname(slave)  # kept open here until greenml ends, so reads never fail
+    gm = subprocess.Popen([sys.executable, "-c", _PTY_LAUNCHER, slave_name, *rec.argv()],
+                          env=_nothing_env(tmp_path), stdin=subprocess.DEVNULL,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    output = bytearray()
+
+    def drain() -> None:  # what greenml writes to its terminal, read as it comes
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: nothing holds the terminal open any more
+                return
+            if not chunk:
+                return
+            output.extend(chunk)
+
+    import threading
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    child_pid = None
+    try:
+        child_pid = int(wait_until(lambda: rec.ready.exists() and rec.ready.read_text(),
+                                   timeout=30, message="the command never started"))
+        # When: ^C then ^\ are typed (the terminal signals greenml and the command alike),
+        # then greenml alone is terminated
+        for k, key in enumerate((keys[termios.VINTR], keys[termios.VQUIT]), 1):
+            os.write(master, key)
+            wait_until(lambda: len(rec.lines()) >= k, timeout=10,
+                       message=f"key {key!r} never reached the command: {rec.lines()}")
+            assert gm.poll() is None, "greenml died of a terminal key"
+        gm.send_signal(signal.SIGTERM)
+        gm.wait(timeout=30)
+        os.close(slave)
+        slave = -1
+        reader.join(timeout=10)
+    finally:
+        if gm.poll() is None:
+            gm.kill()
+            gm.wait()
+        _kill_quietly(child_pid)
+        if slave >= 0:
+            os.close(slave)
+        reader.join(timeout=10)
+        os.close(master)
+
+    # Then: one SIGINT and one SIGQUIT, from the terminal (greenml sent no second copy), then
+    # the SIGTERM relayed by greenml
+    assert rec.lines() == ["SIGINT:terminal", "SIGQUIT:terminal", "SIGTERM:greenml"]
+    assert gm.returncode == 128 + signal.SIGTERM
+    _assert_run_recorded(rec, 128 + signal.SIGTERM, bytes(output).decode(errors="replace"))
+
+
+_INTERRUPTED_REPORT = """
+import os, signal, sys
+from greenml import cli
+
+report = cli._report_run
+
+def interrupted_report(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGINT)  # as a ^C typed while greenml reports
+    os.kill(os.getpid(), signal.SIGTERM)
+    return report(*args, **kwargs)
+
+cli._report_run = interrupted_report
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def test_given_signals_while_reporting_when_run_then_exit_status_and_records_are_the_commands(
+    tmp_path,
+):
+    log, out_json = tmp_path / "run.jsonl", tmp_path / "run.json"
+
+    proc = subprocess.run(
+        [sys.executable, "-c", _INTERRUPTED_REPORT, "run", "--log", str(log), "--json",
+         str(out_json), "--", sys.executable, "-c", "import sys; sys.exit(5)"],
+        env=_nothing_env(tmp_path), capture_output=True, text=True, timeout=60,
+        start_new_session=True,
+    )
+
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert proc.returncode == 5, proc.stderr
+    rec = Recorder(tmp_path / "unused", tmp_path / "unused", log, out_json)
+    _assert_run_recorded(rec, 5, proc.stderr)
 
 
 # ----------------------------------------------------------------- report

@@ -8,7 +8,7 @@ import os
 import sys
 import textwrap
 from dataclasses import asdict
-from typing import Any, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 from ._errors import GreenmlError
 
@@ -78,7 +78,6 @@ def _peak_power_w(df: Any, channels: List[Any]) -> Optional[float]:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     import shutil
-    import signal
     import subprocess
 
     from ._meter import Meter, idle_baseline
@@ -126,38 +125,117 @@ def _cmd_run(args: argparse.Namespace) -> int:
         baseline=baseline,
         sync_cuda=False,
     )
-    m.start()
+    relay = _SignalRelay()
+    relay.install()  # before the child exists: a signal now is kept and delivered to it
     try:
-        child = subprocess.Popen(cmd)
-    except OSError as exc:
-        m.stop()
-        print(f"greenml run: cannot start {cmd[0]}: {exc.strerror}", file=sys.stderr)
-        return 127 if isinstance(exc, FileNotFoundError) else 126  # as a shell does
-
-    forwarded: List[int] = []
-
-    def forward(signum: int, _frame: Any) -> None:
-        forwarded.append(signum)
+        m.start()
         try:
-            child.send_signal(signum)
+            child = subprocess.Popen(cmd)
+        except OSError as exc:
+            m.stop()
+            print(f"greenml run: cannot start {cmd[0]}: {exc.strerror}", file=sys.stderr)
+            return 127 if isinstance(exc, FileNotFoundError) else 126  # as a shell does
+        relay.attach(child)
+        try:
+            rc = child.wait()
+        finally:
+            relay.detach()  # from here on a signal is noted, never raised: reporting finishes
+            m.stop()
+        code = rc if rc >= 0 else 128 - rc
+        try:
+            _report_run(args, cmd, code, m, rt, log)
+        except Exception as exc:  # the command's exit code is kept whatever happens here
+            print(f"greenml run: could not report the measurement: {exc}", file=sys.stderr)
+        finally:
+            rt.stop()
+        return code
+    finally:
+        relay.uninstall()
+
+
+# Signals greenml run relays to the command. The terminal sends the keyboard ones (^C, ^\) and
+# hang-up to its whole foreground process group, which holds the command too: those are relayed
+# only when the command did not get its own copy (no terminal, greenml in the background, or a
+# command that moved to a process group of its own). The others are always relayed.
+RELAYED_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2")
+TERMINAL_SIGNALS = ("SIGINT", "SIGQUIT", "SIGHUP")
+
+
+def _terminal_reached(pid: int) -> bool:
+    """Whether a signal the terminal sends to its foreground group also reached ``pid``: it is
+    in greenml's process group and that group is in the foreground of greenml's terminal."""
+    try:
+        group = os.getpgrp()
+        if os.getpgid(pid) != group:
+            return False
+        fd = os.open("/dev/tty", os.O_RDONLY | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError:  # no such process any more, or no controlling terminal
+        return False
+    try:
+        return os.tcgetpgrp(fd) == group
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+class _SignalRelay:
+    """Relays signals sent to ``greenml run`` to the command, each exactly once.
+
+    Before the command starts a signal is kept and delivered once it exists; while it runs a
+    signal is relayed (see :data:`TERMINAL_SIGNALS` for the ones the terminal delivered
+    itself); after it ended a signal is only noted, so the result, log and exit status are
+    always written whatever arrives while reporting.
+    """
+
+    def __init__(self) -> None:
+        import signal
+
+        self.signums = [getattr(signal, n) for n in RELAYED_SIGNALS if hasattr(signal, n)]
+        self._terminal = {getattr(signal, n) for n in TERMINAL_SIGNALS if hasattr(signal, n)}
+        self._child: Any = None
+        self._done = False
+        self._early: List[int] = []
+        self._old: Dict[int, Any] = {}
+        self.received: List[int] = []
+
+    def install(self) -> None:
+        import signal
+
+        for s in self.signums:
+            self._old[s] = signal.signal(s, self._handle)
+
+    def uninstall(self) -> None:
+        import signal
+
+        for s, h in self._old.items():
+            signal.signal(s, h)
+        self._old.clear()
+
+    def attach(self, child: Any) -> None:
+        self._child = child
+        early, self._early = self._early, []
+        for s in early:  # the command did not exist yet: nobody, the terminal included, told it
+            self._send(s)
+
+    def detach(self) -> None:
+        self._done = True
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        self.received.append(signum)
+        if self._done:
+            return
+        child = self._child
+        if child is None:
+            self._early.append(signum)
+        elif not (signum in self._terminal and _terminal_reached(child.pid)):
+            self._send(signum)
+
+    def _send(self, signum: int) -> None:
+        try:
+            self._child.send_signal(signum)  # a no-op once the child is reaped
         except ProcessLookupError:
             pass
-
-    old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        rc = child.wait()
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-        m.stop()
-    code = rc if rc >= 0 else 128 - rc
-    try:
-        _report_run(args, cmd, code, m, rt, log)
-    except Exception as exc:  # the command's exit code is kept whatever happens here
-        print(f"greenml run: could not report the measurement: {exc}", file=sys.stderr)
-    finally:
-        rt.stop()
-    return code
 
 
 def _report_run(
@@ -265,6 +343,57 @@ def _cmd_study(args: argparse.Namespace) -> int:
     return study_main(args)
 
 
+def _cmd_forecast(args: argparse.Namespace) -> int:
+    from ._forecast import forecast
+
+    f = forecast(
+        args.log,
+        args.total_steps,
+        epochs=args.epochs,
+        steps_per_epoch=args.steps_per_epoch,
+        confidence=args.confidence,
+        run_id=args.run_id,
+    )
+    print(json.dumps(f.to_dict(), indent=2) if args.json else f.describe())
+    return 0
+
+
+def _cmd_estimate(args: argparse.Namespace) -> int:
+    from ._estimate import Estimator
+
+    info = sys.stderr if args.json else sys.stdout
+    if args.source.lower().endswith(".json"):
+        est = Estimator.load(args.source)
+    else:
+        est = Estimator(family=args.family).fit(args.source, hardware=args.hardware, verbose=False)
+    print(est.describe(), file=info)
+    if args.save:
+        est.save(args.save)
+        print(f"estimator written to {args.save}", file=info)
+    if args.model is None and args.params is None:
+        if args.json:
+            print(json.dumps({"hardware": est.hardware, "cv": est.cv}, indent=2))
+        return 0
+    if args.batch_size is None or args.samples is None:
+        raise GreenmlError("give --batch-size and --samples to estimate a model")
+    if args.model is not None:
+        from . import zoo
+
+        what: Any = zoo.create(args.model, width=args.width)
+    else:
+        what = {"params": args.params, "macs": args.macs, "train_macs": args.train_macs}
+    r = est.predict(
+        what,
+        phase=args.phase,
+        batch_size=args.batch_size,
+        samples=args.samples,
+        hardware=args.hardware,
+        force=args.force,
+    )
+    print(json.dumps(r.to_dict(), indent=2) if args.json else r.describe())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="greenml", description="Energy profiler for machine learning."
@@ -317,6 +446,44 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_study_arguments(p)
     p.set_defaults(func=_cmd_study)
+
+    p = sub.add_parser("forecast", help="total of a run from its first steps, with interval")
+    p.add_argument("log", help="a greenml log with a step profile, or a CSV with energy_j/step")
+    p.add_argument("--total-steps", type=int, help="steps of the whole run")
+    p.add_argument("--epochs", type=float, help="epochs of the whole run (with --steps-per-epoch)")
+    p.add_argument("--steps-per-epoch", type=int, help="steps in one epoch")
+    p.add_argument("--confidence", type=float, default=0.9, help="interval coverage (0.9)")
+    p.add_argument("--run-id", help="the run to use when the log holds several")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.set_defaults(func=_cmd_forecast)
+
+    p = sub.add_parser("estimate", help="energy of a model from its features (study results)")
+    p.add_argument(
+        "source",
+        help="a study's results.csv/.parquet (or its folder) to fit on, "
+        "or an estimator saved with --save (.json)",
+    )
+    p.add_argument(
+        "--hardware", help="fingerprint to fit on and predict for (default: this machine's)"
+    )
+    p.add_argument(
+        "--family",
+        choices=["auto", "loglinear", "gbm"],
+        default="auto",
+        help="model family (auto: chosen by leave-one-model-out error)",
+    )
+    p.add_argument("--save", metavar="EST.json", help="write the fitted estimator")
+    p.add_argument("--model", help="a zoo model to estimate (see greenml.zoo.names())")
+    p.add_argument("--width", type=float, default=1.0, help="width multiplier of --model")
+    p.add_argument("--params", type=float, help="parameters of the model (instead of --model)")
+    p.add_argument("--macs", type=float, help="forward MACs per sample")
+    p.add_argument("--train-macs", type=float, help="training-step MACs per sample")
+    p.add_argument("--phase", choices=["train", "inference"], default="train")
+    p.add_argument("--batch-size", type=int, help="samples per step")
+    p.add_argument("--samples", type=int, help="samples to estimate for")
+    p.add_argument("--force", action="store_true", help="predict for other hardware anyway")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.set_defaults(func=_cmd_estimate)
     return parser
 
 
