@@ -366,6 +366,11 @@ struct NvmlSource::Impl {
   void add_device(std::size_t position, const VisibleEntry& entry,
                   const std::vector<NvmlDeviceInfo>& all);
   void open_gpu(Device& dev, const NvmlDeviceInfo& info, unsigned int nvml_index);
+  [[nodiscard]] nvmlReturn_t try_energy(nvmlDevice_t handle) const;
+  [[nodiscard]] nvmlReturn_t try_power(nvmlDevice_t handle) const;
+  [[nodiscard]] std::string unreadable_reason(const std::string& detail, nvmlReturn_t energy_rc,
+                                              nvmlReturn_t power_rc) const;
+  [[nodiscard]] std::string mig_reason(const VisibleEntry& entry) const;
   [[nodiscard]] std::string order_reason(const VisibleEntry& entry) const;
   [[nodiscard]] double max_power_w(nvmlDevice_t handle) const;
   [[nodiscard]] std::int64_t power_window_ns(nvmlDevice_t handle) const;
@@ -661,13 +666,7 @@ void NvmlSource::Impl::add_device(std::size_t position, const VisibleEntry& entr
       open_gpu(dev, all[entry.nvml_index], entry.nvml_index);
       break;
     case VisibleEntry::Kind::mig:
-      dev.reason = (opt.cuda_uuids.has_value() ? "the CUDA runtime's device cuda:" +
-                                                     std::to_string(entry.cuda_index) + " is"
-                                               : std::string("CUDA_VISIBLE_DEVICES selects")) +
-                   " MIG instance " + entry.token +
-                   ": MIG instances have no energy counter of their own (NVML reports energy and "
-                   "power only for the whole GPU, shared by all its instances); measure on a "
-                   "whole GPU (MIG disabled) to get its energy";
+      dev.reason = mig_reason(entry);
       break;
     case VisibleEntry::Kind::unknown_order:
       dev.reason = order_reason(entry);
@@ -680,6 +679,17 @@ void NvmlSource::Impl::add_device(std::size_t position, const VisibleEntry& entr
       break;
   }
   devices.push_back(std::move(dev));
+}
+
+std::string NvmlSource::Impl::mig_reason(const VisibleEntry& entry) const {
+  const std::string who =
+      opt.cuda_uuids.has_value()
+          ? "the CUDA runtime's device cuda:" + std::to_string(entry.cuda_index) + " is"
+          : std::string("CUDA_VISIBLE_DEVICES selects");
+  return who + " MIG instance " + entry.token +
+         ": MIG instances have no energy counter of their own (NVML reports energy and power "
+         "only for the whole GPU, shared by all its instances); measure on a whole GPU (MIG "
+         "disabled) to get its energy";
 }
 
 std::string NvmlSource::Impl::order_reason(const VisibleEntry& entry) const {
@@ -709,49 +719,52 @@ void NvmlSource::Impl::open_gpu(Device& dev, const NvmlDeviceInfo& info, unsigne
   dev.detail = (info.name.empty() ? std::string("NVIDIA GPU") : info.name) + " " +
                (info.uuid.empty() ? "(" + where + ")" : info.uuid);
 
+  // Prefer the energy counter (Volta and newer): it integrates on the GPU
+  // at its own rate, so nothing between our samples is lost. Older GPUs:
+  // sample power and let the reader integrate it.
+  const nvmlReturn_t energy_rc = try_energy(info.handle);
+  const nvmlReturn_t power_rc = energy_rc == kNvmlSuccess ? kNvmlSuccess : try_power(info.handle);
+  if (energy_rc != kNvmlSuccess && power_rc != kNvmlSuccess) {
+    dev.reason = unreadable_reason(dev.detail, energy_rc, power_rc);
+    return;
+  }
   ChannelInfo ch;
   ch.domain = dev.domain;
   ch.source = "nvml";
   ch.detail = dev.detail;
+  ch.kind = energy_rc == kNvmlSuccess ? ChannelKind::counter : ChannelKind::power;
+  ch.unit = energy_rc == kNvmlSuccess ? "mj" : "mw";
   ch.to_si = 1e-3;
   ch.max_raw = 0;  // a 64-bit millijoule count since driver load: never wraps in practice
   ch.max_power_w = max_power_w(info.handle);
+  if (ch.kind == ChannelKind::power) ch.power_window_ns = power_window_ns(info.handle);
+  dev.channel = static_cast<int>(channels.size());
+  channels.push_back(std::move(ch));
+}
 
-  // Prefer the energy counter (Volta and newer): it integrates on the GPU
-  // at its own rate, so nothing between our samples is lost.
-  nvmlReturn_t energy_rc = kNvmlFunctionNotFound;
-  if (api.get_energy != nullptr) {
-    unsigned long long mj = 0;
-    energy_rc = api.get_energy(info.handle, &mj);
-  }
-  // Older GPUs: sample power and let the reader integrate it.
-  nvmlReturn_t power_rc = kNvmlFunctionNotFound;
-  if (energy_rc != kNvmlSuccess && api.get_power != nullptr) {
-    unsigned int mw = 0;
-    power_rc = api.get_power(info.handle, &mw);
-  }
-  if (energy_rc == kNvmlSuccess || power_rc == kNvmlSuccess) {
-    ch.kind = energy_rc == kNvmlSuccess ? ChannelKind::counter : ChannelKind::power;
-    ch.unit = energy_rc == kNvmlSuccess ? "mj" : "mw";
-    if (ch.kind == ChannelKind::power) ch.power_window_ns = power_window_ns(info.handle);
-    dev.channel = static_cast<int>(channels.size());
-    channels.push_back(std::move(ch));
-    return;
-  }
+nvmlReturn_t NvmlSource::Impl::try_energy(nvmlDevice_t handle) const {
+  unsigned long long mj = 0;
+  return api.get_energy != nullptr ? api.get_energy(handle, &mj) : kNvmlFunctionNotFound;
+}
 
-  dev.reason = "cannot read " + dev.detail + ": energy counter: " +
-               (api.get_energy == nullptr ? opt.library + " lacks nvmlDeviceGetTotalEnergyConsumption"
-                                          : describe(energy_rc)) +
-               "; power: " +
-               (api.get_power == nullptr ? opt.library + " lacks nvmlDeviceGetPowerUsage"
-                                         : describe(power_rc));
-  if (api.get_energy == nullptr || api.get_power == nullptr) {
-    dev.reason += "; update the NVIDIA driver";
-  } else if (energy_rc == kNvmlNotSupported && power_rc == kNvmlNotSupported) {
-    dev.reason += "; this GPU model has no power sensor NVML can read, so it cannot be measured";
-  } else {
-    dev.reason += advice(power_rc != kNvmlNotSupported ? power_rc : energy_rc);
-  }
+nvmlReturn_t NvmlSource::Impl::try_power(nvmlDevice_t handle) const {
+  unsigned int mw = 0;
+  return api.get_power != nullptr ? api.get_power(handle, &mw) : kNvmlFunctionNotFound;
+}
+
+std::string NvmlSource::Impl::unreadable_reason(const std::string& detail, nvmlReturn_t energy_rc,
+                                                nvmlReturn_t power_rc) const {
+  std::string r = "cannot read " + detail + ": energy counter: " +
+                  (api.get_energy == nullptr
+                       ? opt.library + " lacks nvmlDeviceGetTotalEnergyConsumption"
+                       : describe(energy_rc)) +
+                  "; power: " +
+                  (api.get_power == nullptr ? opt.library + " lacks nvmlDeviceGetPowerUsage"
+                                            : describe(power_rc));
+  if (api.get_energy == nullptr || api.get_power == nullptr) return r + "; update the NVIDIA driver";
+  if (energy_rc == kNvmlNotSupported && power_rc == kNvmlNotSupported)
+    return r + "; this GPU model has no power sensor NVML can read, so it cannot be measured";
+  return r + advice(power_rc != kNvmlNotSupported ? power_rc : energy_rc);
 }
 
 // Most power (W) the GPU can plausibly draw; the sampler takes a counter step
