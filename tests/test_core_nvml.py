@@ -466,6 +466,22 @@ def test_given_fake_counter_reset_when_reading_then_source_reports_the_small_val
     assert all(st.available for st in src.status())
 
 
+def test_given_nvml_counter_reset_mid_run_when_sampling_then_new_value_counts_and_is_told(
+        fake_nvml, make_sampler):
+    fake_nvml.add_device(uuid=UUIDS[0], energy_mj=5_000_000)
+    sampler = make_sampler([_core.NvmlSource(_lib(fake_nvml))])
+    fake_nvml.set_energy(0, 5_002_000)
+    e_before = sampler.read_now()[2][0]
+
+    fake_nvml.reset_counter(0, 300)  # driver reload: the counter restarted, 0.3 J since
+    e_after = sampler.read_now()[2][0]
+
+    assert e_before == pytest.approx(2.0, abs=1e-9)
+    assert e_after - e_before == pytest.approx(0.3, abs=1e-9)  # the new value, not 0
+    events, _ = sampler.events()
+    assert [(domain, kind) for _, _, domain, kind in events] == [("gpu:0", "counter_reset")]
+
+
 def test_given_fake_gpu_lost_when_reading_then_every_read_fails_until_it_returns(fake_nvml):
     fake_nvml.add_device(uuid=UUIDS[0], energy_mj=5)
     fake_nvml.add_device(uuid=UUIDS[1], energy_mj=None, power_mw=7)
