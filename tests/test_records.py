@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 import greenml
+import greenml._records
 
 from fakes.truth import RaplWriter, rapl_tree, warm_up
 
@@ -158,3 +159,145 @@ def test_given_damaged_last_line_when_reading_then_skipped_with_a_warning(tmp_pa
 def test_given_missing_log_when_reading_then_log_error(tmp_path):
     with pytest.raises(greenml.LogError, match="nope.jsonl"):
         greenml.read_log(tmp_path / "nope.jsonl")
+
+
+# ----------------------------------------------------------------- damaged logs
+
+
+def _line(**rec) -> str:
+    return json.dumps(rec, separators=(",", ":")) + "\n"
+
+
+def test_given_torn_line_followed_by_appended_record_when_reading_then_both_neighbours_kept(
+    tmp_path,
+):
+    # Given: a writer killed mid-record (no newline), then another writer appended a record;
+    # the append lands on the torn line
+    log = tmp_path / "torn.jsonl"
+    torn = _line(type="meter", name="killed", by_domain={"gpu:0": 1.0})[:30]
+    log.write_text(_line(type="meter", name="a") + torn + _line(type="meter", name="b")
+                   + _line(type="meter", name="c"))
+
+    # When/Then: the torn line is reported by number; a, b (recovered) and c are kept
+    with pytest.warns(RuntimeWarning, match=r"torn\.jsonl:2: .*record appended after it"):
+        records = greenml._records.read_records(log)
+    assert [r["name"] for r in records] == ["a", "b", "c"]
+
+
+def test_given_torn_line_in_the_middle_when_reading_then_every_other_record_kept(tmp_path):
+    log = tmp_path / "mid.jsonl"
+    log.write_text(_line(name="a") + '{"name":"x","by_dom\n' + _line(name="b"))
+
+    with pytest.warns(RuntimeWarning, match=r"mid\.jsonl:2: skipped a damaged line"):
+        df = greenml.read_log(log)
+
+    assert list(df["name"]) == ["a", "b"]
+
+
+@pytest.mark.parametrize("value", ["[1, 2]", "42", '"text"', "null", "true"])
+def test_given_json_line_that_is_not_an_object_when_reading_then_reported_and_skipped(
+    tmp_path, value,
+):
+    log = tmp_path / "odd.jsonl"
+    log.write_text(_line(name="a") + value + "\n" + _line(name="b"))
+
+    with pytest.warns(RuntimeWarning, match=r"odd\.jsonl:2: .*not a record object"):
+        records = greenml._records.read_records(log)
+
+    assert [r["name"] for r in records] == ["a", "b"]
+
+
+# ----------------------------------------------------------------- fsync
+
+
+@pytest.fixture
+def fsyncs(monkeypatch):
+    """Counts os.fsync calls (each still runs)."""
+    calls = []
+    real = os.fsync
+
+    def counting(fd):
+        calls.append(fd)
+        return real(fd)
+
+    monkeypatch.setattr(os, "fsync", counting)
+    return calls
+
+
+def test_given_fsync_option_when_writing_records_then_each_is_fsynced(tmp_path, fsyncs):
+    log = greenml._records.RecordLog(tmp_path / "sync.jsonl", fsync=True)
+    created = len(fsyncs)  # the new file and its directory entry
+    assert created == 2
+
+    for i in range(3):
+        log.write({"type": "call", "i": i})
+
+    assert len(fsyncs) == created + 3
+    assert [r["i"] for r in greenml._records.read_records(log.path)] == [0, 1, 2]
+
+
+def test_given_no_fsync_request_when_writing_records_then_none_is_fsynced(
+    tmp_path, fsyncs, monkeypatch,
+):
+    monkeypatch.delenv("GREENML_LOG_FSYNC", raising=False)
+    log = greenml._records.RecordLog(tmp_path / "plain.jsonl")
+    log.write({"type": "call"})
+    assert fsyncs == []
+
+
+def test_given_log_fsync_env_when_a_meter_logs_then_its_records_are_fsynced(
+    writer, runtimes, tmp_path, fsyncs, monkeypatch,
+):
+    monkeypatch.setenv("GREENML_LOG_FSYNC", "1")
+    rt = runtimes(powercap_root=writer.root, sources={"rapl"}, interval_ms=1.0)
+    log = tmp_path / "env.jsonl"
+
+    with greenml.meter("m", log=str(log), runtime=rt) as m:
+        with m.phase("p"):
+            time.sleep(0.02)  # work long enough for a counter update
+
+    assert len(greenml._records.read_records(log)) == 2  # the phase and the meter
+    assert len(fsyncs) >= 2 + 2  # creation (file, directory) + one per record
+
+
+@pytest.mark.parametrize("value", ["2", "maybe", "-1"])
+def test_given_invalid_log_fsync_env_when_opening_a_log_then_error_names_it(
+    tmp_path, monkeypatch, value,
+):
+    monkeypatch.setenv("GREENML_LOG_FSYNC", value)
+    with pytest.raises(greenml.ConfigError, match=rf"GREENML_LOG_FSYNC='{value}'.*accepted: on"):
+        greenml._records.RecordLog(tmp_path / "x.jsonl")
+
+
+# ----------------------------------------------------------------- concurrent writers
+
+_APPENDER = textwrap.dedent("""
+    import sys
+    from greenml._records import RecordLog
+
+    path, who, n, size = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+    log = RecordLog(path)
+    for i in range(n):
+        log.write({"who": who, "i": i, "payload": (who * size)[:size]})
+""")
+
+
+def test_given_writers_in_several_processes_when_appending_then_no_record_interleaves(tmp_path):
+    # Given: 4 processes appending 50 records of 256 KiB each (far above PIPE_BUF and a page)
+    # to one log at once
+    log = tmp_path / "shared.jsonl"
+    n, size, who = 50, 256 * 1024, "ABCD"
+    procs = [subprocess.Popen([sys.executable, "-c", _APPENDER, str(log), w, str(n), str(size)])
+             for w in who]
+    for p in procs:
+        assert p.wait(timeout=120) == 0
+
+    # Then: every line is one whole record, none lost, none mixed with another's bytes
+    lines = log.read_bytes().split(b"\n")
+    assert lines[-1] == b""
+    records = [json.loads(line) for line in lines[:-1]]
+    assert len(records) == n * len(who)
+    for w in who:
+        mine = [r for r in records if r["who"] == w]
+        assert [r["i"] for r in mine] == list(range(n))
+        assert all(r["payload"] == w * size for r in mine)

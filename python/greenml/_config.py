@@ -93,6 +93,20 @@ def parse_estimate(value: str, name: str = "GREENML_ESTIMATE") -> bool:
     )
 
 
+def parse_log_fsync(value: str, name: str = "GREENML_LOG_FSYNC") -> bool:
+    """Whether every log record is fsynced (survives power loss, costs a disk flush each)."""
+    v = value.strip().lower()
+    if v in _ON:
+        return True
+    if v in _OFF or not v:
+        return False
+    raise ConfigError(
+        f"{name}={value!r} is not on or off; use {name}=1 to fsync every log record (for "
+        f"records that must survive a power loss) or 0 (the default) "
+        f"(accepted: {', '.join(_ON + _OFF)})"
+    )
+
+
 CUDA_DEVICE_ORDERS = ("FASTEST_FIRST", "PCI_BUS_ID")
 
 

@@ -1,8 +1,15 @@
 """Records on disk: JSON Lines, one object per finished meter, phase or call.
 
 Each record is one ``os.write`` of a whole line to a file opened with ``O_APPEND``, so a crash or
-``kill -9`` of the writer loses nothing already written and leaves no half-written line behind
-(short of the disk filling up; readers skip a damaged last line anyway, with a warning).
+``kill -9`` of the writer loses nothing already written, and writers in several processes never
+interleave within a record (short of the disk filling up). With ``fsync=True`` (or
+``GREENML_LOG_FSYNC=1``) each record is also flushed to the disk before ``write`` returns, so it
+survives a power loss too.
+
+Readers keep every intact record: a line torn by a killed writer is skipped with a warning
+naming its line number, and a record appended right after a torn line (on the same line, since
+the torn one has no newline) is recovered. Lines that are JSON but not an object are skipped
+with a warning.
 """
 
 from __future__ import annotations
@@ -13,9 +20,16 @@ import socket
 import threading
 import uuid
 import warnings
-from typing import Any, Dict, List
+import weakref
+from typing import Any, Dict, List, Optional
 
+from ._config import parse_log_fsync
 from ._errors import LogError
+
+ENV_LOG_FSYNC = "GREENML_LOG_FSYNC"
+
+_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+_logs: "weakref.WeakSet[RecordLog]" = weakref.WeakSet()
 
 
 def new_run_id() -> str:
@@ -23,65 +37,145 @@ def new_run_id() -> str:
 
 
 class RecordLog:
-    """Appends JSON records to ``path``, one line each, written through as each finishes."""
+    """Appends JSON records to ``path``, one line each, written through as each finishes.
 
-    def __init__(self, path: "str | os.PathLike[str]") -> None:
+    Args:
+        path: the JSON Lines file; created if missing, never truncated.
+        fsync: fsync every record (and the directory once, when the file is new), so records
+            survive a power loss; default: the ``GREENML_LOG_FSYNC`` environment variable
+            (``1``/``0``), else off.
+    """
+
+    def __init__(self, path: "str | os.PathLike[str]", fsync: Optional[bool] = None) -> None:
         self.path = os.fspath(path)
+        if fsync is None:
+            fsync = parse_log_fsync(os.environ.get(ENV_LOG_FSYNC, ""))
+        self.fsync = bool(fsync)
         self._lock = threading.Lock()
         self._host = socket.gethostname()
+        existed = os.path.exists(self.path)
         try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            fd = os.open(self.path, _FLAGS, 0o644)
         except OSError as exc:
             raise LogError(
                 f"cannot open the log {self.path!r} for appending ({exc.strerror}); "
                 "pick a writable path with log=..."
             ) from None
-        os.close(fd)
+        try:
+            if self.fsync and not existed:  # the new file's directory entry must last too
+                os.fsync(fd)
+                _fsync_dir(os.path.dirname(os.path.abspath(self.path)))
+        finally:
+            os.close(fd)
+        _logs.add(self)
 
     def write(self, record: Dict[str, Any]) -> None:
         rec = {"host": self._host, **record}
         line = (json.dumps(rec, separators=(",", ":"), allow_nan=False) + "\n").encode()
         with self._lock:
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            fd = os.open(self.path, _FLAGS, 0o644)
             try:
                 view = memoryview(line)
                 while view:
                     n = os.write(fd, view)
                     view = view[n:]
+                if self.fsync:
+                    os.fsync(fd)
             finally:
                 os.close(fd)
 
+    def _after_fork_in_child(self) -> None:
+        # Another thread may have held the lock at fork: it never releases it in the child.
+        self._lock = threading.Lock()
+
+
+def _fsync_dir(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:  # e.g. no permission to open the directory: the file itself is synced
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems cannot fsync a directory
+        pass
+    finally:
+        os.close(fd)
+
+
+def _reset_locks_in_child() -> None:
+    for log in list(_logs):
+        log._after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_reset_locks_in_child)
+
+_decoder = json.JSONDecoder()
+
+
+def _recover_tail(text: str) -> Optional[Any]:
+    """The JSON object that ends a line whose start is torn, or None: the last record appended
+    after a writer died mid-line begins at one of the line's ``{``."""
+    start = text.find("{", 1)
+    while start != -1:
+        try:
+            obj, end = _decoder.raw_decode(text, start)
+        except ValueError:
+            pass
+        else:
+            if isinstance(obj, dict) and not text[end:].strip():
+                return obj
+        start = text.find("{", start + 1)
+    return None
+
 
 def read_records(path: "str | os.PathLike[str]") -> List[Dict[str, Any]]:
-    """All complete records in a JSON Lines log; a damaged line is skipped with a warning."""
+    """All intact records in a JSON Lines log.
+
+    A damaged line (a writer killed mid-record) is skipped with a ``RuntimeWarning`` naming the
+    file and line number; a record appended after it on the same line is kept. A line that is
+    JSON but not an object is skipped with a warning too.
+    """
     p = os.fspath(path)
     try:
         with open(p, "rb") as f:
-            lines = f.read().splitlines()
+            lines = f.read().split(b"\n")
     except OSError as exc:
         raise LogError(f"cannot read the log {p!r} ({exc.strerror}); check the path") from None
     out: List[Dict[str, Any]] = []
     for n, raw in enumerate(lines, 1):
         if not raw.strip():
             continue
+        text = raw.decode("utf-8", errors="replace")
         try:
-            rec = json.loads(raw)
+            rec = json.loads(text)
         except ValueError:
+            rec = _recover_tail(text)
+            kept = " (the record appended after it on the same line is kept)" if rec else ""
             warnings.warn(
-                f"{p}:{n}: skipped a line that is not a complete JSON record "
-                "(a writer was probably killed while writing it)",
+                f"{p}:{n}: skipped a damaged line that is not a complete JSON record "
+                f"(a writer was probably killed while writing it){kept}",
                 RuntimeWarning,
                 stacklevel=2,
             )
+            if rec is not None:
+                out.append(rec)
             continue
         if isinstance(rec, dict):
             out.append(rec)
+        else:
+            warnings.warn(
+                f"{p}:{n}: skipped a line that holds a JSON {type(rec).__name__}, not a record "
+                "object; greenml logs hold one JSON object per line",
+                RuntimeWarning,
+                stacklevel=2,
+            )
     return out
 
 
 def read_log(path: "str | os.PathLike[str]") -> Any:
     """A pandas DataFrame of a greenml log: one row per record, nested fields flattened
-    (``by_domain.gpu:0``, ``carbon.gco2e_per_kwh``, ...)."""
+    (``by_domain.gpu:0``, ``carbon.gco2e_per_kwh``, ...). Damaged lines are skipped with a
+    warning naming their line number; every intact record is kept (see :func:`read_records`)."""
     import pandas as pd
 
     records = read_records(path)
