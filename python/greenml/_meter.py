@@ -95,6 +95,7 @@ class Measurement:
         unavailable: Optional[Dict[str, str]] = None,
         t_start_unix: Optional[float] = None,
         assumptions: Optional[Dict[str, str]] = None,
+        partial_domains: Optional[Dict[str, List[Dict[str, Any]]]] = None,
     ) -> None:
         self.name = name
         #: Per estimated domain, the model's assumptions in one line.
@@ -109,6 +110,9 @@ class Measurement:
         self.count = count
         self.unavailable = unavailable or {}
         self.t_start_unix = t_start_unix
+        #: Per domain, what went wrong inside the window and when (seconds from its start):
+        #: a counter reset, reads further apart than a wrap, or reads that failed.
+        self.partial_domains = partial_domains or {}
         self._in_total = in_total
         counted = [d for d in by_domain if in_total.get(d)]
         if counted:
@@ -145,6 +149,11 @@ class Measurement:
         return self.energy_j / self.items if self.items else None
 
     @property
+    def partial(self) -> bool:
+        """True when some domain's energy is incomplete near an instant (see partial_domains)."""
+        return bool(self.partial_domains)
+
+    @property
     def estimated_domains(self) -> List[str]:
         return [d for d, m in self.measured.items() if not m]
 
@@ -174,6 +183,8 @@ class Measurement:
             "assumptions": dict(self.assumptions),
             "unavailable": dict(self.unavailable),
             "settled": self.settled,
+            "partial": self.partial,
+            "partial_domains": self.partial_domains,
             "co2e_g": _num(self.co2e_g),
             "carbon": {
                 "gco2e_per_kwh": self.intensity.gco2e_per_kwh,
@@ -199,6 +210,53 @@ class Measurement:
             f"Measurement({self.name!r}: {self.energy_j:.4g} J +/- {self.uncertainty_j:.2g} J "
             f"in {self.duration_s:.4g} s, {self.co2e_g:.3g} gCO2e{est})"
         )
+
+
+#: A channel whose source states no maximum power is assumed to draw at most this (W).
+_DEFAULT_MAX_POWER_W = 2000.0
+
+
+def _max_power_w(ch: Any) -> float:
+    p = float(getattr(ch, "max_power_w", 0.0))
+    return p if p > 0 else _DEFAULT_MAX_POWER_W
+
+
+def partial_events(rt: Runtime, windows: List[Window]) -> Dict[str, List[Dict[str, Any]]]:
+    """Per domain, the sampler events that touch any of ``windows``: what, when (s from the
+    first window's start) and how long a stretch of unknown energy lies inside the windows."""
+    events = rt.events()
+    if not events or not windows:
+        return {}
+    origin = windows[0].t0_ns
+    now = time.monotonic_ns()
+    spans = [(w.t0_ns, w.t1_ns if w.t1_ns is not None else now) for w in windows]
+    # A failure lasts from the last good reading until the channel reads again (or now).
+    stretches = []
+    failing: Dict[str, Any] = {}
+    for ev in events:
+        if ev.kind == "read_failed":
+            failing[ev.domain] = ev
+        elif ev.kind == "read_recovered":
+            start = failing.pop(ev.domain, None)
+            if start is not None:
+                stretches.append(("read_failed", ev.domain, start.since_ns, ev.t_ns))
+        else:
+            stretches.append((ev.kind, ev.domain, ev.since_ns, ev.t_ns))
+    stretches += [("read_failed", d, ev.since_ns, now) for d, ev in failing.items()]
+    out: Dict[str, List[Dict[str, Any]]] = {}
+    for kind, domain, a, b in stretches:
+        overlap = sum(max(0, min(b, t1) - max(a, t0)) for t0, t1 in spans)
+        if overlap <= 0:
+            continue
+        out.setdefault(domain, []).append(
+            {
+                "event": kind,
+                "from_s": (a - origin) / 1e9,
+                "to_s": (b - origin) / 1e9,
+                "unknown_s": overlap / 1e9,
+            }
+        )
+    return out
 
 
 def _num(x: Optional[float]) -> Optional[float]:
@@ -448,6 +506,13 @@ class Meter:
         duration = sum((w.t1_ns or 0) - w.t0_ns for w in windows) / 1e9
         e = energy.sum(axis=0)
         u = unc.sum(axis=0)
+        partial = partial_events(self._rt, windows)
+        for i, ch in enumerate(channels):
+            # Energy between the last reading before a reset and the reset itself is not in
+            # the counter: bound it by the channel's maximum power over that stretch.
+            for ev in partial.get(ch.domain, ()):
+                if ev["event"] == "counter_reset":
+                    u[i] += ev["unknown_s"] * _max_power_w(ch)
         _, by_domain = totals(channels, e)
         _, unc_by_domain = totals(channels, u)
         unavailable = {s.domain: s.reason for s in self._rt.sensors() if not s.available}
@@ -474,6 +539,7 @@ class Meter:
             count=len(windows),
             unavailable=unavailable,
             t_start_unix=self._t_start_unix,
+            partial_domains=partial,
             assumptions={ch.domain: ch.detail for ch in channels if not ch.measured},
         )
 
