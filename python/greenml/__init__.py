@@ -10,6 +10,7 @@ from __future__ import annotations
 from ._carbon import carbon_regions
 from ._errors import ConfigError, GreenmlError, LogError, SensorError
 from ._features import features
+from ._forecast import Forecast, ForecastError, forecast
 from ._measure import CallStats, measure
 from ._meter import Baseline, Measurement, Meter, NothingMeasuredWarning, idle_baseline, meter
 from ._records import read_log
@@ -21,6 +22,8 @@ __all__ = [
     "Baseline",
     "CallStats",
     "ConfigError",
+    "Forecast",
+    "ForecastError",
     "GreenmlError",
     "LogError",
     "Measurement",
@@ -32,6 +35,7 @@ __all__ = [
     "ShortWindowWarning",
     "carbon_regions",
     "features",
+    "forecast",
     "idle_baseline",
     "measure",
     "meter",

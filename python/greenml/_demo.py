@@ -137,11 +137,13 @@ def run_demo(out_dir: str, quick: bool = False, runtime: Optional[Any] = None) -
             f"p99 {steps.percentile_j(99):.4g}; {steps.count} steps)"
         )
         print(f"energy per inferred sample: {infer.energy_per_item_j:.4g} J")
-        print(
-            f"forecast, 10x longer training: {10 * train.energy_j:.4g} J "
-            f"({10 * train.duration_s:.0f} s, {10 * train.co2e_g:.3g} gCO2e) - a linear "
-            "extrapolation (energy grows linearly with training time)"
-        )
+        from ._forecast import ForecastError
+
+        try:  # 10x more epochs, forecast from the steps measured (warm-up excluded, interval)
+            f = m.forecast(epochs=10 * epochs, steps_per_epoch=steps_per_epoch)
+            print(f"10x longer training, {f.describe()}")
+        except ForecastError as exc:
+            print(f"no forecast of a 10x longer training: {exc}")
     else:
         print()
         print(

@@ -343,6 +343,21 @@ def _cmd_study(args: argparse.Namespace) -> int:
     return study_main(args)
 
 
+def _cmd_forecast(args: argparse.Namespace) -> int:
+    from ._forecast import forecast
+
+    f = forecast(
+        args.log,
+        args.total_steps,
+        epochs=args.epochs,
+        steps_per_epoch=args.steps_per_epoch,
+        confidence=args.confidence,
+        run_id=args.run_id,
+    )
+    print(json.dumps(f.to_dict(), indent=2) if args.json else f.describe())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="greenml", description="Energy profiler for machine learning."
@@ -395,6 +410,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_study_arguments(p)
     p.set_defaults(func=_cmd_study)
+
+    p = sub.add_parser("forecast", help="total of a run from its first steps, with interval")
+    p.add_argument("log", help="a greenml log with a step profile, or a CSV with energy_j/step")
+    p.add_argument("--total-steps", type=int, help="steps of the whole run")
+    p.add_argument("--epochs", type=float, help="epochs of the whole run (with --steps-per-epoch)")
+    p.add_argument("--steps-per-epoch", type=int, help="steps in one epoch")
+    p.add_argument("--confidence", type=float, default=0.9, help="interval coverage (0.9)")
+    p.add_argument("--run-id", help="the run to use when the log holds several")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.set_defaults(func=_cmd_forecast)
     return parser
 
 
