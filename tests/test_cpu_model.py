@@ -352,8 +352,7 @@ class FakeClock:
 
 
 def _source(path: Path, fmt: str, unit: float, idle_w: float, busy_w: float, **kw):
-    return _core.ModelSource(str(path), getattr(_core.BusyFormat, fmt), unit, idle_w, busy_w,
-                             4.0, **kw)
+    return _core.ModelSource(str(path), fmt, unit, idle_w, busy_w, 4.0, **kw)
 
 
 def _energy_j(src) -> float:
@@ -424,6 +423,11 @@ def test_native_rejects_bad_coefficients_with_a_reason(tmp_path: Path, idle_w, b
     (st,) = src.status()
     assert not st.available and "coefficients" in st.reason
     assert "GREENML" not in st.reason  # the core knows no configuration names
+
+
+def test_native_unknown_busy_format_is_a_value_error(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="busy_format='jiffies'"):
+        _source(tmp_path / "stat", "jiffies", 0.01, 1.0, 1.0)
 
 
 def test_native_unreadable_or_unparsable_busy_file_is_a_reason(tmp_path: Path) -> None:

@@ -82,11 +82,12 @@ void register_sources(py::module_& m) {
 
   py::class_<RaplSource, Source, std::shared_ptr<RaplSource>>(m, "RaplSource",
                                                              "RAPL counters from a powercap tree.")
-      .def(py::init([](const std::string& root) {
+      .def(py::init([](const std::string& root, const std::string& missing_hint) {
              py::gil_scoped_release release;
-             return std::make_shared<RaplSource>(root);
+             return std::make_shared<RaplSource>(root, missing_hint);
            }),
-           py::arg("root"));
+           py::arg("root"), py::arg("missing_hint") = "",
+           "missing_hint ends the reason given when root holds no RAPL zone.");
 
   py::class_<NvmlSource, Source, std::shared_ptr<NvmlSource>>(
       m, "NvmlSource", "NVIDIA GPUs through NVML, loaded with dlopen.")
@@ -120,17 +121,13 @@ void register_sources(py::module_& m) {
            "given when the library cannot be loaded and when CUDA's numbering of mixed GPU "
            "models cannot be known.");
 
-  py::enum_<BusyFormat>(m, "BusyFormat", "Where a CPU model reads busy CPU time.")
-      .value("proc_stat", BusyFormat::proc_stat, "/proc/stat aggregate line (jiffies)")
-      .value("cgroup2_stat", BusyFormat::cgroup2_stat, "cgroup v2 cpu.stat usage_usec")
-      .value("cgroup1_usage", BusyFormat::cgroup1_usage, "cgroup v1 cpuacct.usage (ns)");
-
   py::class_<ModelSource, Source, std::shared_ptr<ModelSource>>(
       m, "ModelSource",
       "Modelled domains as microjoule counters: cpu:estimated = cpu_idle_w x elapsed time + "
       "cpu_busy_w_per_cpu x busy CPU-seconds (read from busy_path); dram:estimated = dram_w x "
-      "elapsed time when dram_w > 0.")
-      .def(py::init([](const std::string& busy_path, BusyFormat busy_format,
+      "elapsed time when dram_w > 0. busy_format: 'proc_stat' (/proc/stat, jiffies), "
+      "'cgroup2_stat' (cpu.stat usage_usec) or 'cgroup1_usage' (cpuacct.usage, ns).")
+      .def(py::init([](const std::string& busy_path, const std::string& busy_format,
                        double busy_seconds_per_unit, double cpu_idle_w, double cpu_busy_w_per_cpu,
                        double cpu_max_busy_cpus, double cpu_rel_uncertainty,
                        const std::string& cpu_detail, double dram_w,
@@ -138,7 +135,16 @@ void register_sources(py::module_& m) {
                        const std::string& dram_detail) {
              ModelSpec spec;
              spec.busy_path = busy_path;
-             spec.busy_format = busy_format;
+             if (busy_format == "proc_stat") {
+               spec.busy_format = BusyFormat::proc_stat;
+             } else if (busy_format == "cgroup2_stat") {
+               spec.busy_format = BusyFormat::cgroup2_stat;
+             } else if (busy_format == "cgroup1_usage") {
+               spec.busy_format = BusyFormat::cgroup1_usage;
+             } else {
+               throw py::value_error("busy_format='" + busy_format +
+                                     "': use 'proc_stat', 'cgroup2_stat' or 'cgroup1_usage'");
+             }
              spec.busy_seconds_per_unit = busy_seconds_per_unit;
              spec.cpu_idle_w = cpu_idle_w;
              spec.cpu_busy_w_per_cpu = cpu_busy_w_per_cpu;

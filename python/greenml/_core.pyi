@@ -16,7 +16,7 @@ class ChannelInfo:
     @property
     def detail(self) -> str:
         """
-        Zone path or device name and UUID.
+        Zone path or device name and UUID; for a modelled domain, its assumptions.
         """
     @property
     def domain(self) -> str:
@@ -52,6 +52,11 @@ class ChannelInfo:
     def power_window_ns(self) -> int:
         """
         Power channels: each reading is the mean over this trailing window (ns); 0 = instantaneous; -1 = unknown, or not a power channel.
+        """
+    @property
+    def rel_uncertainty(self) -> float:
+        """
+        Relative error bound of a modelled channel (0.5 = +/-50%); 0 if measured.
         """
     @property
     def source(self) -> str:
@@ -113,7 +118,10 @@ class RaplSource(Source):
     """
     RAPL counters from a powercap tree.
     """
-    def __init__(self, root: str) -> None: ...
+    def __init__(self, root: str, missing_hint: str = "") -> None:
+        """
+        missing_hint ends the reason given when root holds no RAPL zone.
+        """
 
 class NvmlSource(Source):
     """
@@ -135,13 +143,22 @@ class NvmlSource(Source):
 
 class ModelSource(Source):
     """
-    The estimated CPU domain: busy jiffies from /proc/stat times joules per busy jiffy.
+    Modelled domains as microjoule counters: cpu:estimated = cpu_idle_w x elapsed time + cpu_busy_w_per_cpu x busy CPU-seconds (read from busy_path); dram:estimated = dram_w x elapsed time when dram_w > 0. busy_format: 'proc_stat' (/proc/stat, jiffies), 'cgroup2_stat' (cpu.stat usage_usec) or 'cgroup1_usage' (cpuacct.usage, ns).
     """
     def __init__(
         self,
-        stat_path: str,
-        joules_per_busy_jiffy: typing.SupportsFloat | typing.SupportsIndex,
-        detail: str = "",
+        busy_path: str,
+        busy_format: str,
+        busy_seconds_per_unit: typing.SupportsFloat | typing.SupportsIndex,
+        cpu_idle_w: typing.SupportsFloat | typing.SupportsIndex,
+        cpu_busy_w_per_cpu: typing.SupportsFloat | typing.SupportsIndex,
+        cpu_max_busy_cpus: typing.SupportsFloat | typing.SupportsIndex,
+        cpu_rel_uncertainty: typing.SupportsFloat | typing.SupportsIndex = 0.0,
+        cpu_detail: str = "",
+        dram_w: typing.SupportsFloat | typing.SupportsIndex = 0.0,
+        dram_rel_uncertainty: typing.SupportsFloat | typing.SupportsIndex = 0.0,
+        dram_in_total: bool = True,
+        dram_detail: str = "",
     ) -> None: ...
 
 class Sampler:

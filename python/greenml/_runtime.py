@@ -88,7 +88,7 @@ def _model_source(
         extra.append(Sensor("dram:estimated", "model", False, False, dram_reason))
     source = _core.ModelSource(
         cpu.busy_path,
-        getattr(_core.BusyFormat, cpu.busy_format),
+        cpu.busy_format,
         cpu.busy_seconds_per_unit,
         cpu.idle_w,
         cpu.busy_w_per_cpu,

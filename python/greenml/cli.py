@@ -24,12 +24,20 @@ def _table(rows: List[List[str]], headers: List[str]) -> str:
 
 
 def _cmd_sensors(args: argparse.Namespace) -> int:
-    from ._sensors import sensors
+    from ._config import settings_from_env
+    from ._runtime import build_sources, sensors_of
 
-    found = sensors()
+    sources, extra = build_sources(settings_from_env())
+    found = sensors_of(sources, extra)
+    # Assumptions of the modelled domains that will be reported here.
+    notes = {c.domain: c.detail for src in sources for c in src.channels() if not c.measured}
     usable = any(s.available for s in found)
     if args.json:
-        print(json.dumps([asdict(s) for s in found], indent=2))
+        out = [
+            {**asdict(s), **({"assumptions": notes[s.domain]} if s.domain in notes else {})}
+            for s in found
+        ]
+        print(json.dumps(out, indent=2))
         return 0 if usable else 1
     rows = [
         [
@@ -49,9 +57,23 @@ def _cmd_sensors(args: argparse.Namespace) -> int:
                 s.reason, width=100, initial_indent="  ", subsequent_indent="    "
             )
             print(f"- {s.domain} ({s.source}):\n{wrapped}")
+    if notes:
+        print("\nEstimated, not measured (their uncertainty is the model's error):")
+        for dom, line in notes.items():
+            print(textwrap.fill(f"- {dom}: {line}", width=100, subsequent_indent="    "))
+        print(textwrap.fill(_MEASURED_INSTEAD, width=100))
     if not usable:
         print("\nNothing can be measured or estimated on this machine.", file=sys.stderr)
     return 0 if usable else 1
+
+
+_MEASURED_INSTEAD = (
+    "For measured numbers instead, run where a counter is readable: RAPL on a bare-metal Intel "
+    "or AMD Linux machine (/sys/class/powercap; since Linux 5.10 energy_uj is readable by root "
+    "only: run as root or `sudo chmod a+r /sys/class/powercap/intel-rapl:*/energy_uj`), NVML "
+    "for NVIDIA GPUs. Cloud VMs expose no CPU or DRAM counter. GREENML_ESTIMATE=off (or "
+    "--no-estimate) reports measured numbers only."
+)
 
 
 def _runtime_from_args(args: argparse.Namespace) -> Any:
@@ -65,6 +87,8 @@ def _runtime_from_args(args: argparse.Namespace) -> Any:
         settings = replace(
             settings, interval_ms=parse_interval_ms(str(args.interval_ms), "--interval-ms")
         )
+    if getattr(args, "no_estimate", False):
+        settings = replace(settings, estimate=False)
     return Runtime(settings)
 
 
@@ -334,6 +358,17 @@ def _cmd_report(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from ._demo import run_demo
 
+    if args.no_estimate:
+        from dataclasses import replace
+
+        from ._config import settings_from_env
+        from ._runtime import Runtime
+
+        rt = Runtime(replace(settings_from_env(), estimate=False))
+        try:
+            return run_demo(args.out, quick=args.quick, runtime=rt)
+        finally:
+            rt.stop()
     return run_demo(args.out, quick=args.quick)
 
 
@@ -356,6 +391,12 @@ def _cmd_forecast(args: argparse.Namespace) -> int:
     )
     print(json.dumps(f.to_dict(), indent=2) if args.json else f.describe())
     return 0
+
+
+_NO_ESTIMATE_HELP = (
+    "measured numbers only: no cpu:estimated / dram:estimated where no counter exists "
+    "(as GREENML_ESTIMATE=off)"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -390,6 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="measure an idle baseline first and report energy above idle",
     )
+    p.add_argument("--no-estimate", action="store_true", help=_NO_ESTIMATE_HELP)
     p.add_argument("cmd", nargs=argparse.REMAINDER, help="the command, after --")
     p.set_defaults(func=_cmd_run)
 
@@ -403,6 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="train and evaluate a small model, measured, and report")
     p.add_argument("--out", default="greenml-demo", help="directory for the log and plot")
     p.add_argument("--quick", action="store_true", help="a few seconds instead of ~30")
+    p.add_argument("--no-estimate", action="store_true", help=_NO_ESTIMATE_HELP)
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("study", help="the energy study: models x batch sizes x phases, analysed")
