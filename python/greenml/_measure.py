@@ -302,12 +302,15 @@ def measure(  # type: ignore[misc]
 
 
 def _forget_in_child() -> None:
-    # Calls made before a fork belong to the parent, which records them; the child starts
-    # with none pending and a run id of its own.
+    # Calls made before a fork belong to the parent, which records and counts them; the child
+    # starts with none pending, none counted, a run id of its own and locks nobody holds.
     for s in list(_live):
+        s._lock = threading.Lock()
         if s._pending is not None:
             s._pending = PendingWindows(s._rt, s._resolved) if s._rt is not None else None
         s._run_id = new_run_id()
+        s._calls, s._total_j, s._total_s, s._uncertainty_j, s.errors = 0, 0.0, 0.0, 0.0, 0
+        s._energies, s._durations = np.empty(0), np.empty(0)
 
 
 os.register_at_fork(after_in_child=_forget_in_child)

@@ -220,6 +220,15 @@ class Runtime:
         self._settlers: "weakref.WeakSet[Any]" = weakref.WeakSet()
         self._settler_thread: Optional[threading.Thread] = None
         self._settler_stop = threading.Event()
+        _runtimes.add(self)
+
+    def _after_fork_in_child(self) -> None:
+        # Locks another thread held at fork stay held forever in the child; the settler thread
+        # does not exist there. The sampler restarts on first use (ensure_started).
+        self._lock = threading.Lock()
+        self._events_lock = threading.Lock()
+        self._settler_stop = threading.Event()
+        self._settler_thread = None
 
     def ensure_started(self) -> "_core.Sampler":
         """Starts the sampler thread once (again after a fork, in the child)."""
@@ -306,6 +315,17 @@ class Runtime:
 
 _default: Optional[Runtime] = None
 _default_lock = threading.Lock()
+_runtimes: "weakref.WeakSet[Runtime]" = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    global _default_lock
+    _default_lock = threading.Lock()
+    for rt in list(_runtimes):
+        rt._after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def default_runtime() -> Runtime:

@@ -10,14 +10,30 @@ steps matters there). Ten million steps cost the same memory as ten thousand.
 from __future__ import annotations
 
 import math
+import os
 import threading
 import time
+import weakref
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
 from ._runtime import Runtime
 from ._windows import PendingWindows
+
+# Objects whose locks and pending steps are reset in a forked child.
+_forkable: "weakref.WeakSet[Any]" = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for obj in list(_forkable):
+        if isinstance(obj, OrderedRecord):
+            obj._lock = threading.Lock()
+        else:
+            obj._after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class _Running:
@@ -62,7 +78,18 @@ class OrderedRecord:
     kept one by one (the warm-up lives there).
     """
 
-    __slots__ = ("_d", "_e", "_lock", "_n", "_part", "block_steps", "capacity", "head_d", "head_e")
+    __slots__ = (
+        "__weakref__",
+        "_d",
+        "_e",
+        "_lock",
+        "_n",
+        "_part",
+        "block_steps",
+        "capacity",
+        "head_d",
+        "head_e",
+    )
 
     def __init__(self, capacity: int = 8192) -> None:
         if capacity < 2 or capacity % 2:
@@ -76,6 +103,7 @@ class OrderedRecord:
         self.head_e: Optional[np.ndarray] = None  # the first `capacity` steps, once coarsened
         self.head_d: Optional[np.ndarray] = None
         self._lock = threading.Lock()  # a reader (forecast) may run beside the settler thread
+        _forkable.add(self)
 
     def add(self, e: np.ndarray, d: np.ndarray) -> None:
         with self._lock:
@@ -189,6 +217,13 @@ class StepStats:
         # Called with this object after each resolved batch (off the step() path); exceptions
         # are the callee's to keep.
         self.on_batch: Optional[Any] = None
+        _forkable.add(self)
+
+    def _after_fork_in_child(self) -> None:
+        # Steps marked before the fork are the parent's to count; the child starts with none
+        # pending and locks nobody holds.
+        self._pending = PendingWindows(self._rt, self._resolved)
+        self._prev = None
 
     def begin(self, t0_ns: int, idx0: int) -> None:
         """The meter started at ``t0_ns``; ``idx0`` is the ring index of a sample before it."""
