@@ -6,6 +6,7 @@
 #include <cerrno>
 #include <cstring>
 #include <map>
+#include <optional>
 
 #include "greenml/counter.hpp"
 
@@ -30,11 +31,6 @@ std::vector<std::string> list_dir(const std::string& path) {
   ::closedir(d);
   std::sort(out.begin(), out.end());
   return out;
-}
-
-std::string trimmed(std::string s) {
-  while (!s.empty() && (s.back() == '\n' || s.back() == ' ' || s.back() == '\r')) s.pop_back();
-  return s;
 }
 
 bool is_top_zone(const std::string& entry) {
@@ -77,112 +73,129 @@ std::string access_reason(const std::string& file, int err) {
 // does not publish its power limit.
 constexpr double unknown_zone_max_power_w = 1500.0;
 
-}  // namespace
-
-RaplSource::RaplSource(const std::string& root) {
+// Every zone under root, by name, top-level zones first with their nested
+// subzones after each (sysfs also links subzones at the top level; only the
+// nested copy is used, so none is read twice).
+std::vector<Zone> find_zones(const std::string& root) {
   std::vector<Zone> zones;
-  const auto entries = list_dir(root);
-  for (const auto& top : entries) {
+  for (const auto& top : list_dir(root)) {
     if (!is_top_zone(top)) continue;
     const std::string dir = root + "/" + top;
     const auto name = read_text_file(dir + "/name");
     if (!name) continue;
-    const std::string top_name = trimmed(*name);
+    const std::string top_name(trim_view(*name));
     zones.push_back({dir, top_name, ""});
-    // Subzones are nested directories (sysfs also links them at the top
-    // level; using only the nested copy avoids reading them twice).
     for (const auto& sub : list_dir(dir)) {
       if (!is_subzone_of(sub, top)) continue;
       const auto sub_name = read_text_file(dir + "/" + sub + "/name");
-      if (sub_name) zones.push_back({dir + "/" + sub, trimmed(*sub_name), top_name});
+      if (sub_name) zones.push_back({dir + "/" + sub, std::string(trim_view(*sub_name)), top_name});
     }
   }
+  return zones;
+}
+
+struct ZoneKey {
+  std::string domain;
+  bool in_total = false;
+};
+
+// The contract domain of a zone, or nullopt for a kind greenml does not
+// know (never guess where an unknown zone belongs). `unnumbered` counts
+// top-level zones that carry no socket number, in the order seen.
+std::optional<ZoneKey> zone_key(const Zone& z, std::map<std::string, int>& unnumbered) {
+  if (z.parent_name.empty()) {
+    if (const std::string socket = package_socket(z.name); !socket.empty()) {
+      return ZoneKey{"package:" + socket, true};
+    }
+    if (z.name == "psys") {
+      const int n = unnumbered["psys"]++;
+      return ZoneKey{n == 0 ? "psys" : "psys:" + std::to_string(n), false};
+    }
+    if (z.name == "dram") {  // some servers publish dram top-level, one per socket, in order
+      return ZoneKey{"dram:" + std::to_string(unnumbered["dram"]++), true};
+    }
+    return std::nullopt;
+  }
+  const std::string socket = package_socket(z.parent_name);
+  if (socket.empty()) return std::nullopt;
+  if (z.name == "dram") return ZoneKey{"dram:" + socket, true};
+  if (z.name == "core" || z.name == "uncore") return ZoneKey{z.name + ":" + socket, false};
+  return std::nullopt;
+}
+
+std::uint64_t zone_max_energy_uj(const Zone& z) {
+  if (auto text = read_text_file(z.dir + "/max_energy_range_uj")) {
+    if (auto v = parse_u64(*text)) return *v;
+  }
+  return 0;
+}
+
+// Generous: twice the zone's published maximum (never under 500 W), so a
+// real draw never looks like a counter reset.
+double zone_max_power_w(const Zone& z) {
+  if (auto text = read_text_file(z.dir + "/constraint_0_max_power_uw")) {
+    if (auto v = parse_u64(*text); v && *v > 0) {
+      return std::max(2.0 * static_cast<double>(*v) * 1e-6, 500.0);
+    }
+  }
+  return unknown_zone_max_power_w;
+}
+
+}  // namespace
+
+RaplSource::RaplSource(const std::string& root, const std::string& missing_hint) {
+  const std::vector<Zone> zones = find_zones(root);
   if (zones.empty()) {
     status_.push_back({"cpu", "rapl", true, false,
                        "no RAPL zones under " + root +
                            ": the CPU or the kernel does not expose RAPL (e.g. a virtual machine, "
                            "or the intel_rapl_common module is not loaded; try `sudo modprobe "
-                           "intel_rapl_msr`); set GREENML_POWERCAP_ROOT if the tree lives elsewhere"});
+                           "intel_rapl_msr`)" +
+                           (missing_hint.empty() ? "" : "; " + missing_hint)});
     return;
   }
-
-  std::map<std::string, int> psys_seen;  // top-level zones without a socket number
+  std::map<std::string, int> unnumbered;
   for (const auto& z : zones) {
-    std::string domain;
-    bool in_total = false;
-    if (z.parent_name.empty()) {
-      const std::string socket = package_socket(z.name);
-      if (!socket.empty()) {
-        domain = "package:" + socket;
-        in_total = true;
-      } else if (z.name == "psys") {
-        const int n = psys_seen["psys"]++;
-        domain = n == 0 ? "psys" : "psys:" + std::to_string(n);
-      } else if (z.name == "dram") {
-        // Some servers publish dram as a top-level zone, one per socket, in socket order.
-        domain = "dram:" + std::to_string(psys_seen["dram"]++);
-        in_total = true;
-      } else {
-        continue;  // an unknown zone kind: never guess where it belongs
-      }
-    } else {
-      const std::string socket = package_socket(z.parent_name);
-      if (socket.empty()) continue;
-      if (z.name == "dram") {
-        domain = "dram:" + socket;
-        in_total = true;
-      } else if (z.name == "core" || z.name == "uncore") {
-        domain = z.name + ":" + socket;
-      } else {
-        continue;
-      }
-    }
-
-    const std::string energy_path = z.dir + "/energy_uj";
-    OpenCounterFile file(energy_path);
-    if (!file.is_open()) {
-      status_.push_back({domain, "rapl", true, false, access_reason(energy_path, file.open_errno())});
-      continue;
-    }
-    errno = 0;
-    if (!file.read_u64()) {
-      const int err = errno;
-      status_.push_back({domain, "rapl", true, false,
-                         err != 0 ? access_reason(energy_path, err)
-                                  : "cannot parse " + energy_path + " as a number of microjoules"});
-      continue;
-    }
-    std::uint64_t range = 0;
-    if (auto text = read_text_file(z.dir + "/max_energy_range_uj")) {
-      if (auto v = parse_u64(*text)) range = *v;
-    }
-    double max_power_w = unknown_zone_max_power_w;
-    if (auto text = read_text_file(z.dir + "/constraint_0_max_power_uw")) {
-      if (auto v = parse_u64(*text); v && *v > 0) {
-        max_power_w = std::max(2.0 * static_cast<double>(*v) * 1e-6, 500.0);
-      }
-    }
-    max_safe_period_ns_ = std::min(max_safe_period_ns_, max_period_for_range_ns(range, 1e-6, max_power_w));
-
-    ChannelInfo ch;
-    ch.domain = domain;
-    ch.source = "rapl";
-    ch.measured = true;
-    ch.in_total = in_total;
-    ch.kind = ChannelKind::counter;
-    ch.unit = "uj";
-    ch.to_si = 1e-6;
-    ch.max_raw = range;  // max_energy_range_uj is the largest value the counter shows
-    ch.max_power_w = max_power_w;
-    ch.detail = z.dir;
-    channels_.push_back(ch);
-    files_.push_back(std::move(file));
-    status_.push_back({domain, "rapl", true, true, ""});
+    if (auto key = zone_key(z, unnumbered)) add_zone(z.dir, key->domain, key->in_total);
   }
   if (status_.empty()) {
     status_.push_back({"cpu", "rapl", true, false,
                        "RAPL zones under " + root + " have no package, dram or psys zone"});
   }
+}
+
+void RaplSource::add_zone(const std::string& dir, const std::string& domain, bool in_total) {
+  const std::string energy_path = dir + "/energy_uj";
+  OpenCounterFile file(energy_path);
+  if (!file.is_open()) {
+    status_.push_back({domain, "rapl", true, false, access_reason(energy_path, file.open_errno())});
+    return;
+  }
+  errno = 0;
+  if (!file.read_u64()) {
+    const int err = errno;
+    status_.push_back({domain, "rapl", true, false,
+                       err != 0 ? access_reason(energy_path, err)
+                                : "cannot parse " + energy_path + " as a number of microjoules"});
+    return;
+  }
+  const Zone z{dir, "", ""};
+  ChannelInfo ch;
+  ch.domain = domain;
+  ch.source = "rapl";
+  ch.measured = true;
+  ch.in_total = in_total;
+  ch.kind = ChannelKind::counter;
+  ch.unit = "uj";
+  ch.to_si = 1e-6;
+  ch.max_raw = zone_max_energy_uj(z);  // the largest value the counter shows
+  ch.max_power_w = zone_max_power_w(z);
+  ch.detail = dir;
+  max_safe_period_ns_ =
+      std::min(max_safe_period_ns_, max_period_for_range_ns(ch.max_raw, ch.to_si, ch.max_power_w));
+  channels_.push_back(ch);
+  files_.push_back(std::move(file));
+  status_.push_back({domain, "rapl", true, true, ""});
 }
 
 void RaplSource::read(std::uint64_t* raw, bool* ok) noexcept {

@@ -9,10 +9,15 @@
 
 namespace greenml {
 
-std::optional<std::uint64_t> parse_u64(std::string_view text) noexcept {
+std::string_view trim_view(std::string_view text) noexcept {
   auto is_space = [](char c) { return c == ' ' || c == '\n' || c == '\t' || c == '\r'; };
   while (!text.empty() && is_space(text.front())) text.remove_prefix(1);
   while (!text.empty() && is_space(text.back())) text.remove_suffix(1);
+  return text;
+}
+
+std::optional<std::uint64_t> parse_u64(std::string_view text) noexcept {
+  text = trim_view(text);
   if (text.empty()) return std::nullopt;
   std::uint64_t value = 0;
   for (char c : text) {

@@ -44,7 +44,7 @@ def build_sources(settings: Settings) -> Tuple[List["_core.Source"], List[Sensor
         sources.append(nvml_source(settings))
     package_measured = dram_measured = False
     if "rapl" in settings.sources:
-        rapl = _core.RaplSource(settings.powercap_root)
+        rapl = _core.RaplSource(settings.powercap_root, RAPL_MISSING_HINT)
         sources.append(rapl)
         package_measured = any(c.domain.startswith("package:") for c in rapl.channels())
         dram_measured = any(c.domain.startswith("dram:") for c in rapl.channels())
@@ -106,6 +106,8 @@ def _model_domains(dram_measured: bool) -> List[str]:
     return ["cpu:estimated"] if dram_measured else ["cpu:estimated", "dram:estimated"]
 
 
+#: Ends the reason when the powercap root holds no RAPL zone.
+RAPL_MISSING_HINT = "set GREENML_POWERCAP_ROOT if the tree lives elsewhere"
 #: Ends the reason when libnvidia-ml cannot be loaded.
 NVML_LOAD_HINT = "set GREENML_NVML_LIBRARY to the path of libnvidia-ml.so.1"
 #: Ends the reason when CUDA's numbering of mixed GPU models cannot be known.

@@ -13,7 +13,9 @@ class RaplSource final : public Source {
  public:
   // root: the powercap directory (normally /sys/class/powercap). Never
   // throws: a missing tree or unreadable counter becomes a reason.
-  explicit RaplSource(const std::string& root);
+  // missing_hint ends the reason given when root holds no RAPL zone (the
+  // caller knows how the root was configured; the core does not).
+  explicit RaplSource(const std::string& root, const std::string& missing_hint = "");
 
   [[nodiscard]] const std::vector<ChannelInfo>& channels() const override { return channels_; }
   [[nodiscard]] std::vector<DomainStatus> status() const override { return status_; }
@@ -25,6 +27,8 @@ class RaplSource final : public Source {
   }
 
  private:
+  void add_zone(const std::string& dir, const std::string& domain, bool in_total);
+
   std::vector<ChannelInfo> channels_;
   std::vector<DomainStatus> status_;
   std::vector<OpenCounterFile> files_;

@@ -14,6 +14,9 @@ namespace greenml {
 // values that overflow 64 bits.
 [[nodiscard]] std::optional<std::uint64_t> parse_u64(std::string_view text) noexcept;
 
+// text without surrounding whitespace (spaces, tabs, newlines).
+[[nodiscard]] std::string_view trim_view(std::string_view text) noexcept;
+
 // Reads a whole small file; nullopt with errno preserved when it cannot.
 [[nodiscard]] std::optional<std::string> read_text_file(const std::string& path);
 
