@@ -26,6 +26,7 @@ DEFAULTS: Dict[str, Any] = {
     "cifar10": None,
     "seed": 0,
     "lr": 0.05,
+    "threads": None,
     "out": "greenml-study",
 }
 
@@ -48,6 +49,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cifar10", metavar="DIR", help="CIFAR-10 python batches in DIR (no download)")
     p.add_argument("--seed", type=int, help="seed of models and data (default 0)")
     p.add_argument("--lr", type=float, help="SGD learning rate (default 0.05)")
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's; 1 = steadiest)")
     p.add_argument("--out", help="output directory (default greenml-study)")
     p.add_argument("--no-resume", dest="resume", action="store_false", help="measure every cell")
     p.add_argument("--no-plots", dest="plots", action="store_false", help="skip the figures")
@@ -128,6 +130,7 @@ def main(args: argparse.Namespace) -> int:
         cifar10_root=o["cifar10"],
         seed=int(o["seed"]),
         lr=float(o["lr"]),
+        threads=int(o["threads"]) if o["threads"] is not None else None,
         out_dir=out,
         resume=args.resume,
         progress=not args.quiet,

@@ -90,7 +90,8 @@ def claims_from(df: Any, cells: Any, corr: Any, ratios: Any, bse: Any) -> List[D
         )
     if modelled:
         note += (
-            f" Caution: {', '.join(modelled)} is modelled, not measured (a power model times "
+            f" Caution: {' and '.join(modelled)} {'are' if len(modelled) > 1 else 'is'} "
+            "modelled, not measured (a power model times "
             "utilisation), so energy is close to proportional to time by construction; this "
             "agreement says little about real hardware."
         )
@@ -354,10 +355,12 @@ def render(df: Any, cells: Any, claims: List[Dict[str, Any]], pareto: Any) -> st
     ]
     if modelled:
         lines += [
-            f"**Energy here is modelled, not measured**: {', '.join(modelled)} comes from a "
-            "power model (TDP x utilisation), because this machine exposes no energy counter. "
-            "Every energy figure below is an estimate, and the energy-time relation is partly "
-            "built into the model.",
+            f"**Energy here is modelled, not measured**: {' and '.join(modelled)} "
+            f"{'come' if len(modelled) > 1 else 'comes'} from a "
+            "power model of CPU utilisation (see study.json for which), because this machine "
+            "exposes no energy counter. Every energy figure below is an estimate; the model "
+            "reads machine-wide busy time, so other processes' load counts too; and the "
+            "energy-time relation is partly built into the model.",
             "",
         ]
     lines += [

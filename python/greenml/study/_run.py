@@ -259,6 +259,7 @@ def run(
     parquet: bool = True,
     progress: bool = True,
     runtime: Any = None,
+    threads: Optional[int] = None,
 ) -> Any:
     """Measures models x batch sizes x phases x repetitions; returns the results DataFrame.
 
@@ -274,8 +275,9 @@ def run(
     baseline first (adds ``idle_power_w`` and ``net_energy_j``). With ``out_dir``, the table is
     rewritten to ``results.csv`` after every unit (and ``results.parquet`` at the end), and a
     re-run with ``resume`` skips the cells already there. ``runtime`` is a
-    :class:`greenml.Runtime` (default: the process-wide one). Columns: see
-    :mod:`greenml.study`.
+    :class:`greenml.Runtime` (default: the process-wide one). ``threads`` sets torch's
+    intra-op threads for the study (1 is steadiest on a shared machine: oversubscribed
+    threads stall). Columns: see :mod:`greenml.study`.
     """
     try:
         import torch
@@ -328,9 +330,19 @@ def run(
     need = max((steps_for[b] + warmup_steps) * b for b in batch_sizes)
     dataset, train_src, test_src = _data(data, test_data, cifar10_root, need, seed, num_classes)
 
+    if threads is not None:
+        _positive_int(threads, "threads", "1")
     rt = runtime if runtime is not None else default_runtime()
     hardware = hardware_fingerprint(dev)
+    previous_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
     threads = torch.get_num_threads()
+    # the sampler starts now, not inside the first cell's window
+    start = getattr(rt, "ensure_started", None)
+    if callable(start):
+        start()
+    load_start = _loadavg()
 
     csv_rows: List[Dict[str, Any]] = []
     done: set = set()
@@ -427,12 +439,66 @@ def run(
             bar.update(f"{name} bs{bs} r{rep}")
     finally:
         bar.close()
+        torch.set_num_threads(previous_threads)
     import pandas as pd
 
     if out_dir is not None:
+        load = {"start": load_start, "end": _loadavg()}
+        _write_meta(out_dir, rt, dev, hardware, dataset, threads, baseline, load)
         return _write(csv_rows, out_dir, parquet=parquet)
     df = pd.DataFrame(new_rows)
     return df[order_columns(df.columns)] if len(df) else df
+
+
+def _loadavg() -> Optional[List[float]]:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:  # pragma: no cover - not on Linux
+        return None
+
+
+def _write_meta(
+    out_dir: str,
+    rt: Any,
+    dev: str,
+    hardware: str,
+    dataset: str,
+    threads: int,
+    baseline: Any,
+    load: Any = None,
+) -> None:
+    """``study.json``: how energy was obtained here (sources, models, versions)."""
+    import json
+
+    import torch
+
+    from .. import __version__
+
+    channels = []
+    for c in getattr(rt, "channels", []) or []:
+        channels.append(
+            {
+                "domain": c.domain,
+                "in_total": bool(getattr(c, "in_total", True)),
+                "measured": bool(getattr(c, "measured", not c.domain.endswith(":estimated"))),
+                "detail": str(getattr(c, "detail", "") or ""),
+            }
+        )
+    meta = {
+        "greenml": __version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "device": dev,
+        "hardware": hardware,
+        "dataset": dataset,
+        "threads": threads,
+        "energy_sources": channels,
+        "idle_power_w": baseline.to_dict()["power_w"] if baseline is not None else None,
+        "load_average_1_5_15m": load,
+    }
+    with open(os.path.join(out_dir, "study.json"), "w", encoding="utf-8") as f:
+        json.dump(meta, f, indent=2)
+        f.write("\n")
 
 
 def _sync(dev: str) -> None:
