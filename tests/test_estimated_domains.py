@@ -129,6 +129,24 @@ def test_given_estimates_off_when_building_the_runtime_then_no_modelled_channel(
         rt.stop()
 
 
+def test_given_a_measured_gpu_and_estimated_cpu_when_metering_then_the_total_says_mixed(
+        proc, fake_nvml):
+    fake_nvml.add_device(uuid="GPU-0a0a0a0a-0000-4000-8000-000000000000", energy_mj=0)
+    rt = greenml.Runtime(proc.settings(nvml_library=str(fake_nvml.library_path),
+                                       sources=frozenset({"nvml", "rapl", "model"})))
+    try:
+        with greenml.meter(runtime=rt) as m:
+            time.sleep(0.05)
+        d = m.result().to_dict()
+    finally:
+        rt.stop()
+
+    assert d["measured"] == {"gpu:0": True, "cpu:estimated": False, "dram:estimated": False}
+    assert d["total_kind"] == "mixed"
+    assert "mixes measured and estimated domains" in describe_result(d)
+    assert set(d["assumptions"]) == {"cpu:estimated", "dram:estimated"}
+
+
 # ----------------------------------------------------------------- every output format
 
 
