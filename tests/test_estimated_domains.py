@@ -220,6 +220,28 @@ def test_report_formats_all_show_uncertainty_and_assumptions(estimated_run):
     assert cpu_line in as_json[1]["assumptions"]
 
 
+def test_decorated_call_records_carry_the_assumptions_into_the_report(proc, tmp_path):
+    log = tmp_path / "calls.jsonl"
+    rt = greenml.Runtime(proc.settings())
+    try:
+        @greenml.measure("predict", log=str(log), runtime=rt)
+        def predict() -> None:
+            time.sleep(0.02)
+
+        for _ in range(3):
+            predict()
+        predict.energy.flush(final=True)
+    finally:
+        rt.stop()
+
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert len(records) == 3
+    assert all(r["assumptions"]["cpu:estimated"].startswith("per-vCPU model") for r in records)
+    (row,) = summary_rows(records)
+    assert row["type"] == "function" and row["uncertainty_j"] > 0
+    assert row["assumptions"].startswith("cpu:estimated: per-vCPU model")
+
+
 # ----------------------------------------------------------------- command line
 
 

@@ -115,6 +115,10 @@ class CallStats:
         if self._log is not None:
             domains = [c.domain for c in rt.channels]
             measured = {c.domain: c.measured for c in rt.channels}
+            # A modelled domain's assumptions travel with each record that reports it.
+            extra = {"assumptions": {c.domain: c.detail for c in rt.channels if not c.measured}}
+            if not extra["assumptions"]:
+                extra = {}
             settled = res.settled.all(axis=1)
             for k in range(n):
                 energy = float(e[k])
@@ -136,6 +140,7 @@ class CallStats:
                         if ok
                         else None,
                         "settled": bool(settled[k]),
+                        **extra,
                     }
                 )
 

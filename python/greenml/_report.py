@@ -47,6 +47,7 @@ def summary_rows(records: Iterable[Dict[str, Any]]) -> List[Dict[str, Any]]:
                     "uncertainty_j": 0.0,
                     "co2e_g": 0.0,
                     "estimated": set(),
+                    "assumptions": "",
                 },
             )
             c["count"] += 1
@@ -55,6 +56,7 @@ def summary_rows(records: Iterable[Dict[str, Any]]) -> List[Dict[str, Any]]:
                 v = _f(r.get(key))
                 c[key] = c[key] + v if (v is not None and c[key] is not None) else None
             c["estimated"].update(d for d, m in (r.get("measured") or {}).items() if not m)
+            c["assumptions"] = c["assumptions"] or _assumptions_text(r)
             continue
         steps = r.get("steps") or {}
         energy = _f(r.get("energy_j"))
