@@ -242,6 +242,25 @@ def test_decorated_call_records_carry_the_assumptions_into_the_report(proc, tmp_
     assert row["assumptions"].startswith("cpu:estimated: per-vCPU model")
 
 
+def test_run_peak_of_an_estimate_is_not_the_jiffy_aliasing():
+    import pandas as pd
+    from types import SimpleNamespace
+
+    from greenml.cli import _peak_power_w
+
+    # 10 ms samples of a model at a steady 10 W whose busy counter moves in whole jiffies:
+    # single samples alternate between 0 and 20 W (aliasing), the mean is 10 W.
+    t = [i * 0.01 for i in range(200)]
+    df = pd.DataFrame({"t_s": t, "cpu:estimated_w": [20.0 * (i % 2) for i in range(200)],
+                       "gpu:0_w": [50.0] * 200})
+    chans = [SimpleNamespace(domain="cpu:estimated", measured=False, in_total=True),
+             SimpleNamespace(domain="gpu:0", measured=True, in_total=True)]
+
+    assert _peak_power_w(df, chans) == pytest.approx(60.0, abs=0.5)
+    chans[0].measured = True  # a measured channel keeps its real peaks
+    assert _peak_power_w(df, chans) == pytest.approx(70.0)
+
+
 # ----------------------------------------------------------------- command line
 
 
