@@ -150,3 +150,92 @@ def test_given_a_lock_held_by_another_thread_at_fork_when_the_child_measures_the
     calls = [x for x in recs if x["type"] == "call"]
     assert sum(x["pid"] == r["parent_pid"] for x in calls) == 3
     assert sum(x["pid"] == child["pid"] for x in calls) == 2
+
+
+# ----------------------------------------------------------------- DataLoader and Pool workers
+
+_WORKERS = """
+import json, os, sys, time
+import multiprocessing
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+import greenml
+
+
+def measured_item(log, i):
+    with greenml.meter("item", log=log) as m:
+        time.sleep(0.03)
+    return [float(i), m.energy_j, float(os.getpid())]
+
+
+class Items(Dataset):
+    def __init__(self, log, n):
+        self.log, self.n = log, n
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        return torch.tensor(measured_item(self.log, i), dtype=torch.float64)
+
+
+def pool_item(args):
+    return measured_item(*args)
+
+
+def main(kind, method, log):
+    n = 8
+    with greenml.meter("epoch", log=log) as m:
+        rows = []
+        if kind == "dataloader":
+            loader = DataLoader(Items(log, n), batch_size=2, num_workers=2,
+                                multiprocessing_context=method)
+            for batch in loader:
+                rows += batch.tolist()
+                m.step()
+        else:
+            with multiprocessing.get_context(method).Pool(2) as pool:
+                for row in pool.imap(pool_item, [(log, i) for i in range(n)]):
+                    rows.append(row)
+                    m.step()
+    print(json.dumps({"rows": rows, "steps": m.steps.count, "pid": os.getpid(),
+                      "energy_j": m.energy_j}))
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:4])
+"""
+
+
+@pytest.mark.parametrize("kind", ["dataloader", "pool"])
+@pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
+def test_given_workers_started_inside_an_open_meter_when_they_measure_then_each_counts_once(
+    machine_env, tmp_path, kind, method,
+):
+    # Given: a parent meter around a DataLoader (2 workers) or a Pool (2 processes) started
+    # with `method`; each worker measures every item it makes with a meter of its own
+    script, log = tmp_path / "workers.py", tmp_path / "log.jsonl"
+    script.write_text(textwrap.dedent(_WORKERS))
+
+    proc = subprocess.run([sys.executable, str(script), kind, method, str(log)], env=machine_env,
+                          capture_output=True, text=True, timeout=TIMEOUT_S, cwd=tmp_path)
+
+    # Then: no hang, no error; every item was measured in a worker, with energy
+    assert proc.returncode == 0, proc.stderr
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    rows = sorted(r["rows"])
+    assert [int(x[0]) for x in rows] == list(range(8))
+    assert all(x[1] > 0 for x in rows), rows
+    workers = {int(x[2]) for x in rows}
+    assert r["pid"] not in workers and 1 <= len(workers) <= 2
+    assert r["energy_j"] > 0
+    assert r["steps"] == (4 if kind == "dataloader" else 8)
+    # ... and the log holds the parent's meter once and each item once, from its worker
+    recs = _records(log)
+    assert [x["pid"] for x in recs if x["name"] == "epoch"] == [r["pid"]]
+    items = [x for x in recs if x["name"] == "item"]
+    assert len(items) == 8
+    assert {x["pid"] for x in items} == workers
+    assert sorted(x["energy_j"] for x in items) == pytest.approx(sorted(x[1] for x in rows))
