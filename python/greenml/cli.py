@@ -130,6 +130,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if shutil.which(cmd[0]) is None and not os.path.exists(cmd[0]):
         print(f"greenml run: {cmd[0]}: command not found", file=sys.stderr)
         return 127
+    _check_run_options(args)
     # Every output is checked before the command runs: a bad path must not lose the result.
     from ._meter import _check_trace_path
 
@@ -147,7 +148,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
                 ) from None
     rt = _runtime_from_args(args)
     baseline = None
-    if args.idle:
+    if args.idle is not None:
         print(f"greenml: measuring idle power for {args.idle:g} s ...", file=sys.stderr)
         baseline = idle_baseline(args.idle, runtime=rt)
     m = Meter(
@@ -185,6 +186,33 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return code
     finally:
         relay.uninstall()
+
+
+def _check_run_options(args: argparse.Namespace) -> None:
+    """Invalid ``greenml run`` options fail here, named as typed, before anything runs."""
+    import math
+
+    from . import _carbon
+
+    if args.region is not None:
+        if not args.region.strip():
+            raise GreenmlError(
+                "--region='' is empty; give an ISO 3166 alpha-2 or alpha-3 code such as DE or "
+                "DEU, or leave the option out for GREENML_REGION or the World average"
+            )
+        _carbon._lookup_region(args.region, "--region")
+    if args.carbon_intensity is not None:
+        _carbon._check_intensity(args.carbon_intensity, "--carbon-intensity", args.carbon_intensity)
+    if not math.isfinite(args.pue) or args.pue < 1.0:
+        raise GreenmlError(
+            f"--pue={args.pue!r} is not a valid power usage effectiveness: give a finite number "
+            ">= 1.0 (1.0 = IT energy only; about 1.1-1.6 for data centres)"
+        )
+    if args.idle is not None and not (math.isfinite(args.idle) and args.idle > 0):
+        raise GreenmlError(
+            f"--idle={args.idle!r} is not a duration: give the seconds of idle power to "
+            "measure first, a finite number > 0 (e.g. 10), or leave the option out"
+        )
 
 
 # Signals greenml run relays to the command. The terminal sends the keyboard ones (^C, ^\) and
