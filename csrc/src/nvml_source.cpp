@@ -2,6 +2,7 @@
 // greenml builds and runs on machines without a driver; every failure along
 // the way becomes a reason in status() rather than an exception.
 #include "greenml/nvml_source.hpp"
+#include "greenml/sysfs.hpp"
 
 #include <dlfcn.h>
 #include <time.h>
@@ -15,6 +16,7 @@
 #include <exception>
 #include <numeric>
 #include <set>
+#include <string_view>
 #include <tuple>
 #include <utility>
 
@@ -149,19 +151,13 @@ constexpr ErrorInfo kErrors[] = {
   return true;
 }
 
-[[nodiscard]] std::string trim(const std::string& s) {
-  const auto first = s.find_first_not_of(" \t\r\n");
-  if (first == std::string::npos) return {};
-  const auto last = s.find_last_not_of(" \t\r\n");
-  return s.substr(first, last - first + 1);
-}
-
 [[nodiscard]] std::vector<std::string> split_commas(const std::string& s) {
   std::vector<std::string> out;
   std::size_t start = 0;
   for (;;) {
     const auto comma = s.find(',', start);
-    out.push_back(trim(s.substr(start, comma == std::string::npos ? std::string::npos : comma - start)));
+    const std::string_view part(s.data() + start, (comma == std::string::npos ? s.size() : comma) - start);
+    out.emplace_back(trim_view(part));
     if (comma == std::string::npos) return out;
     start = comma + 1;
   }

@@ -376,10 +376,11 @@ TEST_CASE("ring: latest() reports the index of the sample it copied, even when l
 TEST_CASE("ring: publication is visible to ThreadSanitizer (a weakened ordering is a reported race)") {
   // The producer writes a plain (non-atomic) side array for sample g before
   // pushing g; readers read it only for samples the ring says are complete
-  // (index below head, sequence 2g+2). The ring's release/acquire pairs are
-  // all that order the two, so under TSan a relaxed head_ store or a relaxed
-  // final sequence store turns this test into a reported data race. The ring
-  // is large enough never to be lapped, so a correct ring has no race here.
+  // (index below head, sequence 2g+2). The ring's release stores (payload,
+  // final sequence, head) and the reader's acquire loads are all that order
+  // the two: with them made relaxed, TSan reports a data race on `side` here
+  // (checked). The ring is large enough never to be lapped, so a correct ring
+  // has no race here.
   constexpr std::size_t kCapacity = 1 << 12;
   constexpr std::uint64_t kTotal = kCapacity;
   SampleRing ring(kCapacity, 1);
