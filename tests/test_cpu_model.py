@@ -189,6 +189,12 @@ def test_tdp_model_only_when_the_variable_is_set(tmp_path: Path) -> None:
                                   cpus=4, hypervisor=False, sockets=2))
     default, _ = plan_cpu_estimate(env={}, **files)
     assert default is not None and default.method == "vcpu"  # a table TDP match is only a hint
+    assert ("bare metal: Intel Xeon Gold 6248 is listed at 150 W TDP "
+            f"({ENV_CPU_TDP_W}=150 selects the TDP model)") in default.assumptions
+    (tmp_path / "vm").mkdir()
+    in_vm, _ = plan_cpu_estimate(env={}, **_files(tmp_path / "vm", _x86(
+        INTEL, 6, 85, 7, "Intel(R) Xeon(R) Gold 6248 CPU @ 2.50GHz", hypervisor=True)))
+    assert in_vm is not None and "bare metal" not in in_vm.assumptions
     est, _ = plan_cpu_estimate(env={ENV_CPU_TDP_W: "150"}, **files)
     assert est is not None and est.method == "tdp"
     # 150 W x 2 sockets spread over 4 CPUs, no idle term: 75 W per busy CPU.

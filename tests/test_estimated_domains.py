@@ -147,6 +147,34 @@ def test_given_a_measured_gpu_and_estimated_cpu_when_metering_then_the_total_say
     assert set(d["assumptions"]) == {"cpu:estimated", "dram:estimated"}
 
 
+def test_given_a_package_counter_without_dram_when_building_then_only_dram_is_estimated(
+        proc, powercap):
+    powercap.add_package(0, dram=False)
+    rt = greenml.Runtime(proc.settings(powercap_root=str(powercap.root)))
+    try:
+        assert [(c.domain, c.measured) for c in rt.channels] == [
+            ("package:0", True), ("dram:estimated", False)]
+        assert "cpu:estimated" not in {s.domain for s in rt.sensors()}
+        with greenml.meter(runtime=rt) as m:
+            time.sleep(0.05)
+        d = m.result().to_dict()
+    finally:
+        rt.stop()
+    assert d["total_kind"] == "mixed"
+    assert set(d["assumptions"]) == {"dram:estimated"}
+
+
+def test_given_package_and_dram_counters_when_building_then_nothing_is_estimated(
+        proc, powercap):
+    powercap.add_package(0, dram=True)
+    rt = greenml.Runtime(proc.settings(powercap_root=str(powercap.root)))
+    try:
+        assert [c.domain for c in rt.channels] == ["package:0", "dram:0"]
+        assert not [s for s in rt.sensors() if s.source == "model"]
+    finally:
+        rt.stop()
+
+
 # ----------------------------------------------------------------- every output format
 
 

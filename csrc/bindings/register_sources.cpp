@@ -125,15 +125,16 @@ void register_sources(py::module_& m) {
       m, "ModelSource",
       "Modelled domains as microjoule counters: cpu:estimated = cpu_idle_w x elapsed time + "
       "cpu_busy_w_per_cpu x busy CPU-seconds (read from busy_path); dram:estimated = dram_w x "
-      "elapsed time when dram_w > 0. busy_format: 'proc_stat' (/proc/stat, jiffies), "
+      "elapsed time when dram_w > 0 (with_cpu=False: DRAM only). busy_format: 'proc_stat' (/proc/stat, jiffies), "
       "'cgroup2_stat' (cpu.stat usage_usec) or 'cgroup1_usage' (cpuacct.usage, ns).")
       .def(py::init([](const std::string& busy_path, const std::string& busy_format,
                        double busy_seconds_per_unit, double cpu_idle_w, double cpu_busy_w_per_cpu,
                        double cpu_max_busy_cpus, double cpu_rel_uncertainty,
                        const std::string& cpu_detail, double dram_w,
                        double dram_rel_uncertainty, bool dram_in_total,
-                       const std::string& dram_detail) {
+                       const std::string& dram_detail, bool with_cpu) {
              ModelSpec spec;
+             spec.with_cpu = with_cpu;
              spec.busy_path = busy_path;
              if (busy_format == "proc_stat") {
                spec.busy_format = BusyFormat::proc_stat;
@@ -162,5 +163,6 @@ void register_sources(py::module_& m) {
            py::arg("cpu_idle_w"), py::arg("cpu_busy_w_per_cpu"), py::arg("cpu_max_busy_cpus"),
            py::arg("cpu_rel_uncertainty") = 0.0, py::arg("cpu_detail") = "",
            py::arg("dram_w") = 0.0, py::arg("dram_rel_uncertainty") = 0.0,
-           py::arg("dram_in_total") = true, py::arg("dram_detail") = "");
+           py::arg("dram_in_total") = true, py::arg("dram_detail") = "",
+           py::arg("with_cpu") = true);
 }

@@ -72,8 +72,13 @@ std::optional<std::uint64_t> parse_cpu_stat_usage_usec(std::string_view text) no
 ModelSource::ModelSource(ModelSpec spec, ClockFn clock)
     : spec_(std::move(spec)),
       clock_(clock ? std::move(clock) : ClockFn(monotonic_ns)),
-      busy_file_(spec_.busy_path) {
+      busy_file_(spec_.with_cpu ? OpenCounterFile(spec_.busy_path) : OpenCounterFile()) {
   t0_ns_ = clock_();
+  if (spec_.with_cpu) add_cpu_channel();
+  if (spec_.dram_w > 0 && std::isfinite(spec_.dram_w)) add_dram_channel();
+}
+
+void ModelSource::add_cpu_channel() {
   DomainStatus cpu{"cpu:estimated", "model", false, false, ""};
   const bool coefficients_ok =
       finite_non_negative(spec_.cpu_idle_w) && finite_non_negative(spec_.cpu_busy_w_per_cpu) &&
@@ -106,26 +111,25 @@ ModelSource::ModelSource(ModelSpec spec, ClockFn clock)
     cpu.available = true;
   }
   status_.push_back(std::move(cpu));
+}
 
-  if (spec_.dram_w > 0 && std::isfinite(spec_.dram_w)) {
-    ChannelInfo ch;
-    ch.domain = "dram:estimated";
-    ch.source = "model";
-    ch.measured = false;
-    ch.in_total = spec_.dram_in_total;
-    ch.kind = ChannelKind::counter;
-    ch.unit = "uj";
-    ch.to_si = 1e-6;
-    ch.max_raw = 0;
-    ch.max_power_w = spec_.dram_w;
-    ch.detail = spec_.dram_detail;
-    ch.rel_uncertainty = finite_non_negative(spec_.dram_rel_uncertainty)
-                             ? spec_.dram_rel_uncertainty
-                             : 0.0;
-    dram_channel_ = static_cast<int>(channels_.size());
-    channels_.push_back(std::move(ch));
-    status_.push_back({"dram:estimated", "model", false, true, ""});
-  }
+void ModelSource::add_dram_channel() {
+  ChannelInfo ch;
+  ch.domain = "dram:estimated";
+  ch.source = "model";
+  ch.measured = false;
+  ch.in_total = spec_.dram_in_total;
+  ch.kind = ChannelKind::counter;
+  ch.unit = "uj";
+  ch.to_si = 1e-6;
+  ch.max_raw = 0;
+  ch.max_power_w = spec_.dram_w;
+  ch.detail = spec_.dram_detail;
+  ch.rel_uncertainty =
+      finite_non_negative(spec_.dram_rel_uncertainty) ? spec_.dram_rel_uncertainty : 0.0;
+  dram_channel_ = static_cast<int>(channels_.size());
+  channels_.push_back(std::move(ch));
+  status_.push_back({"dram:estimated", "model", false, true, ""});
 }
 
 std::optional<std::uint64_t> ModelSource::read_busy() const noexcept {

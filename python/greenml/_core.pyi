@@ -143,7 +143,7 @@ class NvmlSource(Source):
 
 class ModelSource(Source):
     """
-    Modelled domains as microjoule counters: cpu:estimated = cpu_idle_w x elapsed time + cpu_busy_w_per_cpu x busy CPU-seconds (read from busy_path); dram:estimated = dram_w x elapsed time when dram_w > 0. busy_format: 'proc_stat' (/proc/stat, jiffies), 'cgroup2_stat' (cpu.stat usage_usec) or 'cgroup1_usage' (cpuacct.usage, ns).
+    Modelled domains as microjoule counters: cpu:estimated = cpu_idle_w x elapsed time + cpu_busy_w_per_cpu x busy CPU-seconds (read from busy_path); dram:estimated = dram_w x elapsed time when dram_w > 0 (with_cpu=False: DRAM only). busy_format: 'proc_stat' (/proc/stat, jiffies), 'cgroup2_stat' (cpu.stat usage_usec) or 'cgroup1_usage' (cpuacct.usage, ns).
     """
     def __init__(
         self,
@@ -159,6 +159,7 @@ class ModelSource(Source):
         dram_rel_uncertainty: typing.SupportsFloat | typing.SupportsIndex = 0.0,
         dram_in_total: bool = True,
         dram_detail: str = "",
+        with_cpu: bool = True,
     ) -> None: ...
 
 class Sampler:

@@ -884,6 +884,14 @@ def plan_cpu_estimate(
         )
         arch_text = f"{coeffs.architecture} ({what} is not in greenml's table)"
         rel = cpu_rel_uncertainty(None)
+    hint = ""
+    if not info.hypervisor and not cg.limited and info.model_name:
+        listed = lookup_tdp_w(info.model_name)
+        if listed is not None:
+            hint = (
+                f"; bare metal: {listed.matched_name} is listed at {listed.tdp_w:g} W TDP "
+                f"({ENV_CPU_TDP_W}={listed.tdp_w:g} selects the TDP model)"
+            )
     return CpuEstimate(
         method="vcpu",
         idle_w=cg.vcpus * coeffs.min_w,
@@ -896,7 +904,7 @@ def plan_cpu_estimate(
         assumptions=(
             f"per-vCPU model (Cloud Carbon Footprint, SPECpower): {owned} x "
             f"({coeffs.min_w:.3g} W + u x {coeffs.max_w - coeffs.min_w:.3g} W), {arch_text}; "
-            f"u from {whose}; +/-{rel:.0%}"
+            f"u from {whose}; +/-{rel:.0%}{hint}"
         ),
         architecture=match.architecture if match else None,
         vcpus=cg.vcpus,

@@ -48,8 +48,8 @@ def build_sources(settings: Settings) -> Tuple[List["_core.Source"], List[Sensor
         sources.append(rapl)
         package_measured = any(c.domain.startswith("package:") for c in rapl.channels())
         dram_measured = any(c.domain.startswith("dram:") for c in rapl.channels())
-    if "model" in settings.sources and not package_measured:
-        model, model_extra = _model_source(settings, dram_measured)
+    if "model" in settings.sources:
+        model, model_extra = _model_source(settings, package_measured, dram_measured)
         if model is not None:
             sources.append(model)
         extra.extend(model_extra)
@@ -57,53 +57,57 @@ def build_sources(settings: Settings) -> Tuple[List["_core.Source"], List[Sensor
 
 
 def _model_source(
-    settings: Settings, dram_measured: bool
+    settings: Settings, package_measured: bool, dram_measured: bool
 ) -> Tuple[Optional["_core.ModelSource"], List[Sensor]]:
-    """The ``cpu:estimated`` (and ``dram:estimated``) source, or the reasons there is none."""
+    """The modelled domains no counter measures here (``cpu:estimated`` without a RAPL
+    package counter, ``dram:estimated`` without a RAPL dram counter), as one source, and
+    the reasons for those that cannot be modelled."""
+    domains = [] if package_measured else ["cpu:estimated"]
+    domains += [] if dram_measured else ["dram:estimated"]
+    if not domains:
+        return None, []
     if not settings.estimate:
         why = (
             "estimates are off (GREENML_ESTIMATE=off or --no-estimate): only counters are "
-            "reported; unset it for a labelled per-vCPU estimate where no counter exists"
+            "reported; unset it for a labelled estimate where no counter exists"
         )
-        return None, [Sensor(d, "model", False, False, why) for d in _model_domains(dram_measured)]
-    cpu, reason = _cpu_model.plan_cpu_estimate(
-        env=settings.env,
-        cpuinfo_path=settings.cpuinfo_path,
-        stat_path=settings.proc_stat_path,
-        cgroup_root=settings.cgroup_root,
-        proc_self_cgroup=settings.proc_self_cgroup_path,
-        clk_tck=os.sysconf("SC_CLK_TCK"),
-    )
-    if cpu is None:
-        return None, [Sensor("cpu:estimated", "model", False, False, reason)]
-    dram, dram_reason = (
-        (None, "")
-        if dram_measured
-        else _cpu_model.plan_dram_estimate(
+        return None, [Sensor(d, "model", False, False, why) for d in domains]
+    extra: List[Sensor] = []
+    cpu = dram = None
+    if not package_measured:
+        cpu, reason = _cpu_model.plan_cpu_estimate(
+            env=settings.env,
+            cpuinfo_path=settings.cpuinfo_path,
+            stat_path=settings.proc_stat_path,
+            cgroup_root=settings.cgroup_root,
+            proc_self_cgroup=settings.proc_self_cgroup_path,
+            clk_tck=os.sysconf("SC_CLK_TCK"),
+        )
+        if cpu is None:
+            extra.append(Sensor("cpu:estimated", "model", False, False, reason))
+    if not dram_measured:
+        dram, reason = _cpu_model.plan_dram_estimate(
             settings.meminfo_path, settings.cgroup_root, settings.proc_self_cgroup_path
         )
-    )
-    extra: List[Sensor] = []
-    if dram is None and not dram_measured:
-        extra.append(Sensor("dram:estimated", "model", False, False, dram_reason))
+        if dram is None:
+            extra.append(Sensor("dram:estimated", "model", False, False, reason))
+    if cpu is None and dram is None:
+        return None, extra
     source = _core.ModelSource(
-        cpu.busy_path,
-        cpu.busy_format,
-        cpu.busy_seconds_per_unit,
-        cpu.idle_w,
-        cpu.busy_w_per_cpu,
-        cpu.max_busy_cpus,
-        cpu_rel_uncertainty=cpu.rel_uncertainty,
-        cpu_detail=cpu.assumptions,
+        cpu.busy_path if cpu else "",
+        cpu.busy_format if cpu else "proc_stat",
+        cpu.busy_seconds_per_unit if cpu else 0.01,
+        cpu.idle_w if cpu else 0.0,
+        cpu.busy_w_per_cpu if cpu else 0.0,
+        cpu.max_busy_cpus if cpu else 1.0,
+        cpu_rel_uncertainty=cpu.rel_uncertainty if cpu else 0.0,
+        cpu_detail=cpu.assumptions if cpu else "",
         dram_w=dram.power_w if dram else 0.0,
         dram_rel_uncertainty=dram.rel_uncertainty if dram else 0.0,
         dram_detail=dram.assumptions if dram else "",
+        with_cpu=cpu is not None,
     )
     return source, extra
-
-
-def _model_domains(dram_measured: bool) -> List[str]:
-    return ["cpu:estimated"] if dram_measured else ["cpu:estimated", "dram:estimated"]
 
 
 #: Ends the reason when the powercap root holds no RAPL zone.

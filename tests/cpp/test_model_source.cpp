@@ -142,3 +142,23 @@ TEST_CASE("bad coefficients or files are reasons that name no configuration vari
   CHECK(negative.status()[0].reason.find("coefficients") != std::string::npos);
   CHECK(negative.status()[0].reason.find("GREENML") == std::string::npos);
 }
+
+TEST_CASE("with_cpu = false gives dram:estimated alone, whatever the busy file") {
+  std::int64_t now_ns = 0;
+  ModelSpec spec;
+  spec.with_cpu = false;
+  spec.busy_path = "/nonexistent/stat";
+  spec.dram_w = 2.0;
+  ModelSource src(spec, [&] { return now_ns; });
+  REQUIRE(src.channels().size() == 1);
+  CHECK(src.channels()[0].domain == "dram:estimated");
+  REQUIRE(src.status().size() == 1);
+  CHECK(src.status()[0].available);
+
+  now_ns = 3'000'000'000;
+  std::uint64_t raw = 0;
+  bool ok = false;
+  src.read(&raw, &ok);
+  CHECK(ok);
+  CHECK(raw == 6'000'000);  // 2 W x 3 s
+}

@@ -41,6 +41,9 @@ enum class BusyFormat {
 };
 
 struct ModelSpec {
+  // false: no cpu:estimated at all (a package counter measures the CPU), only
+  // dram:estimated; busy_path and the cpu_* fields are then unused.
+  bool with_cpu = true;
   std::string busy_path;
   BusyFormat busy_format = BusyFormat::proc_stat;
   double busy_seconds_per_unit = 0.01;  // 1/USER_HZ, 1e-6 or 1e-9 by format
@@ -73,6 +76,8 @@ class ModelSource final : public Source {
 
  private:
   [[nodiscard]] std::optional<std::uint64_t> read_busy() const noexcept;
+  void add_cpu_channel();
+  void add_dram_channel();
 
   ModelSpec spec_;
   ClockFn clock_;
