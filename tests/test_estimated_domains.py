@@ -332,6 +332,18 @@ def test_cli_run_without_estimates_reports_no_energy(tmp_path):
         assert "GREENML_ESTIMATE=off" in rec["unavailable"]["cpu:estimated"]
 
 
+def test_cli_demo_without_estimates_lists_and_reports_no_estimate(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "greenml", "demo", "--quick", "--no-estimate",
+                           "--out", str(tmp_path / "out")], env=_env(tmp_path),
+                          capture_output=True, text=True, timeout=300)
+
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    header = proc.stderr.split("data:")[0]
+    assert "cpu:estimated  model  unavailable" in header
+    assert "ESTIMATED" not in header and "ESTIMATED" not in proc.stdout
+    assert "No energy numbers" in proc.stdout
+
+
 def test_cli_sensors_explains_the_estimate_and_how_to_measure_instead(tmp_path):
     proc = _cli("sensors", env=_env(tmp_path))
     as_json = json.loads(_cli("sensors", "--json", env=_env(tmp_path)).stdout)

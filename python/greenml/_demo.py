@@ -75,7 +75,7 @@ def run_demo(out_dir: str, quick: bool = False, runtime: Optional[Any] = None) -
         os.remove(log)
 
     print("greenml demo: what this machine can measure", file=sys.stderr)
-    for s in greenml.sensors():
+    for s in runtime.sensors() if runtime is not None else greenml.sensors():
         state = ("measured" if s.measured else "ESTIMATED") if s.available else "unavailable"
         print(f"  {s.domain:<14} {s.source:<6} {state}", file=sys.stderr)
 
