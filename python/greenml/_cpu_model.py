@@ -47,19 +47,22 @@ energy (the sampler's error is negligible beside it). The figures, per
 :func:`cpu_rel_uncertainty`:
 
 * **+/-70 %** for an identified architecture. Source: the spread of the
-  SPECpower_ssj2008 results behind the coefficients. Within one architecture,
-  servers differ widely per thread; e.g. for EPYC 4th Gen (CCF average 0.74 W
-  idle, 2.28 W full load per thread) two-socket EPYC 9754 servers publish
-  117-132 W idle and 644-685 W at full load over 512 threads (0.23-0.26 and
-  1.26-1.34 W per thread: 65-69 % and 41-45 % below the average) and EPYC 9654
-  servers 126-128 W and 817-827 W over 384 threads (0.33 and 2.13-2.15 W).
+  SPECpower_ssj2008 results behind the coefficients (the file
+  ``data/SPECpower-2026-03-09.csv`` of the ccf-coefficients repository). Within one architecture, servers differ widely
+  per thread; e.g. for EPYC 4th Gen (CCF average 0.74 W idle, 2.28 W full load per
+  thread) two-socket EPYC 9754 servers publish 117-132 W idle and 644-685 W at full
+  load over 512 threads (0.23-0.26 and 1.26-1.34 W per thread: 65-69 % and 41-45 %
+  below the average) and EPYC 9654 servers 126-128 W and 817-827 W over 384 threads
+  (0.33 and 2.13-2.15 W per thread).
 * **+/-90 %** for EPYC 5th Gen: CCF's average (3.68 W idle, 8.96 W full load per
-  thread) is raised by small single-socket servers (its list includes EPYC
-  4005 parts); a large EPYC 9005 server publishes 150-157 W idle and 800 W at
-  full load over 768 threads (2x EPYC 9965: 0.20 and 1.04 W per thread). A
-  VM on such a host is likely far below the estimate.
+  thread) is raised by small single-socket servers (its list includes EPYC 4005
+  parts); a large EPYC 9005 server publishes 150-157 W idle and 800 W at full load
+  over 768 threads (2x EPYC 9965: 0.20 and 1.04 W per thread, 1/18 and 1/8.6 of the
+  average). A VM on such a host is likely far below the estimate.
 * **+/-100 %** for the cross-architecture average (unknown architecture): the
-  table's per-thread figures differ from their average by up to 2.6x.
+  table's per-thread figures lie between 0.45x and 3.6x their average at idle and
+  between 0.44x and 2.35x at full load, so even this bound (down to zero, up to
+  twice the estimate) may not hold for an unknown CPU.
 * **+/-50 %** for ``dram:estimated`` and for the TDP model: judgment, no
   published validation of either coefficient is known to greenml.
 
