@@ -129,7 +129,9 @@ class Fixture:
         self.powercap_root = make_powercap_tree(tmp)
         self.fake_nvml = make_fake_nvml(tmp)
         self.rapl = _core.RaplSource(str(self.powercap_root))
-        self.nvml = _core.NvmlSource(str(self.fake_nvml.library_path), None)
+        self.nvml = _core.NvmlSource(
+            str(self.fake_nvml.library_path), None, cuda_device_order="PCI_BUS_ID"
+        )
         rapl_domains = [c.domain for c in self.rapl.channels()]
         nvml_domains = [c.domain for c in self.nvml.channels()]
         if rapl_domains != ["package:0", "dram:0", "package:1", "dram:1"]:

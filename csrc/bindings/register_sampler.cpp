@@ -78,6 +78,19 @@ py::tuple read_indexed(const Sampler& s, std::uint64_t from_index, std::size_t m
   return py::make_tuple(idx, t, si.energy, si.power, r.next, r.lost, si.channel_t);
 }
 
+py::tuple history_rows(const Sampler& s, std::int64_t from_ns, std::int64_t to_ns) {
+  HistoryRows h;
+  {
+    py::gil_scoped_release release;
+    h = s.history(from_ns, to_ns);
+  }
+  const auto n = static_cast<py::ssize_t>(h.t.size());
+  py::array_t<std::int64_t> idx(n, reinterpret_cast<const std::int64_t*>(h.index.data()));
+  py::array_t<std::int64_t> t(n, h.t.data());
+  SiRows si = to_si(s, h.t.size(), h.values.data());
+  return py::make_tuple(idx, t, si.energy, si.power, si.channel_t);
+}
+
 py::dict stats_dict(const Sampler& s) {
   SamplerStats st;
   {
@@ -97,6 +110,8 @@ py::dict stats_dict(const Sampler& s) {
   d["running"] = st.running;
   d["paused"] = st.paused;
   d["full_rate"] = st.full_rate;
+  d["history_rows"] = s.history_size();
+  d["history_period_ns"] = s.history_period_ns();
   return d;
 }
 
@@ -131,11 +146,14 @@ py::tuple events_list(const Sampler& s, std::uint64_t from) {
 // The destructor stops and joins the thread: never with the GIL held.
 std::shared_ptr<Sampler> make_sampler(std::vector<std::shared_ptr<Source>> sources,
                                       std::int64_t period_ns, std::size_t capacity,
-                                      std::int64_t idle_period_ns) {
+                                      std::int64_t idle_period_ns, std::int64_t history_period_ns,
+                                      std::size_t history_rows) {
   SamplerOptions o;
   o.period_ns = period_ns;
   o.capacity = capacity;
   o.idle_period_ns = idle_period_ns;
+  o.history_period_ns = history_period_ns;
+  o.history_rows = history_rows;
   Sampler* raw = nullptr;
   {
     py::gil_scoped_release release;
@@ -163,8 +181,9 @@ void register_sampler(py::module_& m) {
       "rate), and always often enough to see every counter wrap.")
       .def(py::init(&make_sampler), py::arg("sources"), py::arg("period_ns") = 10'000'000,
            py::arg("capacity") = 1 << 16, py::arg("idle_period_ns") = 0,
-           "ValueError when period_ns or idle_period_ns is outside [50000, 3600e9] ns or capacity "
-           "outside [2, 2**26].")
+           py::arg("history_period_ns") = 0, py::arg("history_rows") = 1 << 15,
+           "ValueError when a period is outside [50000, 3600e9] ns (idle and history periods: "
+           "or 0 = off), capacity outside [2, 2**26] or history_rows outside [2, 2**22].")
       .def("start", &Sampler::start, py::call_guard<py::gil_scoped_release>())
       .def("stop", &Sampler::stop, py::call_guard<py::gil_scoped_release>())
       .def("pause", &Sampler::pause, py::call_guard<py::gil_scoped_release>())
@@ -230,6 +249,12 @@ void register_sampler(py::module_& m) {
           py::arg("from_index"), py::arg("max_samples") = std::numeric_limits<std::size_t>::max(),
           "Like read_indexed() without the indices and channel times: (t_ns[n], energy_j[n, C], "
           "power_w[n, C], next_index, lost).")
+      .def("history", &history_rows, py::arg("from_ns"), py::arg("to_ns"),
+           "Run-long history rows with t in [from_ns, to_ns] plus one row on each side, as "
+           "(index[n], t_ns[n], energy_j[n, C], power_w[n, C], channel_t_ns[n, C]).")
+      .def_property_readonly("history_capacity", &Sampler::history_capacity,
+                             "Most history rows kept (memory: rows x (values per sample + 2) x 8 "
+                             "bytes).")
       .def("events", &events_list, py::arg("from_index") = 0,
            "Events seen on channels (counter_reset, possibly_missed_wraps, read_failed, "
            "read_recovered) as ([(t_ns, since_ns, domain, kind)], next_index); the event lies "

@@ -129,6 +129,11 @@ void check_period(const char* name, std::int64_t period_ns) {
 std::size_t checked_capacity(const SamplerOptions& o, std::size_t width) {
   check_period("period_ns", o.period_ns);
   if (o.idle_period_ns != 0) check_period("idle_period_ns", o.idle_period_ns);
+  if (o.history_period_ns != 0) check_period("history_period_ns", o.history_period_ns);
+  if (o.history_rows < 2 || o.history_rows > (std::size_t{1} << 22)) {
+    throw std::invalid_argument("history_rows=" + std::to_string(o.history_rows) +
+                                " is out of range: give between 2 and 4194304 rows");
+  }
   if (o.capacity < 2 || o.capacity > Sampler::max_capacity) {
     throw std::invalid_argument("capacity=" + std::to_string(o.capacity) +
                                 " is out of range: give between 2 and 67108864 samples");
@@ -155,6 +160,8 @@ Sampler::Sampler(std::vector<std::shared_ptr<Source>> sources, SamplerOptions op
       ring_(checked_capacity(options, layout_.width), layout_.width),
       clock_(options.clock ? std::move(options.clock) : ClockFn(monotonic_ns)),
       idle_period_ns_(options.idle_period_ns),
+      history_period_ns_(options.history_period_ns),
+      history_rows_(options.history_rows),
       period_ns_(options.period_ns) {
   for (const auto& s : sources_) max_safe_period_ns_ = std::min(max_safe_period_ns_, s->max_safe_period_ns());
   for (const auto& ch : channels_) {
@@ -277,10 +284,63 @@ std::uint64_t Sampler::sample(bool push, std::int64_t* t_out, std::uint64_t* v_o
     row_[time_base + s] = static_cast<std::uint64_t>(source_t_[s]);
   }
   const std::uint64_t index = ring_.head();
-  if (push) ring_.push(t, row_.data());
+  if (push) {
+    ring_.push(t, row_.data());
+    if (history_period_ns_ > 0 && t >= next_history_ns_) record_history(index, t);
+  }
   if (t_out != nullptr) *t_out = t;
   if (v_out != nullptr) std::copy(row_.begin(), row_.end(), v_out);
   return index;
+}
+
+void Sampler::record_history(std::uint64_t index, std::int64_t t) {
+  const std::size_t stride = layout_.width + 2;
+  std::lock_guard<std::mutex> lock(history_mutex_);
+  if (history_.size() / stride >= history_rows_) {
+    // Full: keep every other row (always the oldest: the run's start stays covered) and
+    // space new rows twice as far apart.
+    const std::size_t rows = history_.size() / stride;
+    std::size_t kept = 0;
+    for (std::size_t r = 0; r < rows; r += 2, ++kept) {
+      std::copy_n(history_.begin() + static_cast<std::ptrdiff_t>(r * stride), stride,
+                  history_.begin() + static_cast<std::ptrdiff_t>(kept * stride));
+    }
+    history_.resize(kept * stride);
+    history_period_ns_ *= 2;
+  }
+  history_.push_back(index);
+  history_.push_back(static_cast<std::uint64_t>(t));
+  history_.insert(history_.end(), row_.begin(), row_.end());
+  next_history_ns_ = t + history_period_ns_;
+}
+
+HistoryRows Sampler::history(std::int64_t from_ns, std::int64_t to_ns) const {
+  const std::size_t stride = layout_.width + 2;
+  HistoryRows out;
+  std::lock_guard<std::mutex> lock(history_mutex_);
+  const std::size_t rows = history_.size() / stride;
+  auto t_of = [&](std::size_t r) { return static_cast<std::int64_t>(history_[r * stride + 1]); };
+  std::size_t first = 0;
+  while (first < rows && t_of(first) < from_ns) ++first;
+  if (first > 0) --first;  // one row before the range
+  for (std::size_t r = first; r < rows; ++r) {
+    out.index.push_back(history_[r * stride]);
+    out.t.push_back(t_of(r));
+    out.values.insert(out.values.end(), history_.begin() + static_cast<std::ptrdiff_t>(r * stride + 2),
+                      history_.begin() + static_cast<std::ptrdiff_t>((r + 1) * stride));
+    if (t_of(r) > to_ns) break;  // one row after the range
+  }
+  return out;
+}
+
+std::int64_t Sampler::history_period_ns() const {
+  std::lock_guard<std::mutex> lock(history_mutex_);
+  return history_period_ns_;
+}
+
+std::size_t Sampler::history_size() const {
+  std::lock_guard<std::mutex> lock(history_mutex_);
+  return history_.size() / (layout_.width + 2);
 }
 
 std::uint64_t Sampler::read_now(std::int64_t* t_out, std::uint64_t* v_out) {
@@ -517,12 +577,16 @@ std::vector<SamplerEvent> Sampler::events(std::uint64_t from, std::uint64_t* nex
 }
 
 void Sampler::fork_prepare_() {
-  // Only the state lock, which is never held across I/O: fork() never waits
-  // for a source read in progress (a hung GPU cannot hang os.fork()).
+  // Only the state and history locks, never held across I/O: fork() never
+  // waits for a source read in progress (a hung GPU cannot hang os.fork()).
   state_mutex_.lock();
+  history_mutex_.lock();
 }
 
-void Sampler::fork_parent_() { state_mutex_.unlock(); }
+void Sampler::fork_parent_() {
+  history_mutex_.unlock();
+  state_mutex_.unlock();
+}
 
 void Sampler::fork_child_() {
   // fork() copies only the calling thread. The sampler thread does not exist
@@ -533,6 +597,7 @@ void Sampler::fork_child_() {
   new (&wake_mutex_) std::mutex();
   new (&wake_cv_) std::condition_variable();
   new (&control_mutex_) std::mutex();
+  history_mutex_.unlock();
   state_mutex_.unlock();
   stop_requested_ = false;
   sample_now_ = false;

@@ -172,9 +172,11 @@ class Sampler:
         period_ns: typing.SupportsInt | typing.SupportsIndex = 10000000,
         capacity: typing.SupportsInt | typing.SupportsIndex = 65536,
         idle_period_ns: typing.SupportsInt | typing.SupportsIndex = 0,
+        history_period_ns: typing.SupportsInt | typing.SupportsIndex = 0,
+        history_rows: typing.SupportsInt | typing.SupportsIndex = 32768,
     ) -> None:
         """
-        ValueError when period_ns or idle_period_ns is outside [50000, 3600e9] ns or capacity outside [2, 2**26].
+        ValueError when a period is outside [50000, 3600e9] ns (idle and history periods: or 0 = off), capacity outside [2, 2**26] or history_rows outside [2, 2**22].
         """
     def add_demand(self, delta: typing.SupportsInt | typing.SupportsIndex) -> None:
         """
@@ -186,6 +188,14 @@ class Sampler:
     ) -> tuple[list[tuple[int, int, str, str]], int]:
         """
         Events seen on channels (counter_reset, possibly_missed_wraps, read_failed, read_recovered) as ([(t_ns, since_ns, domain, kind)], next_index); the event lies between since_ns and t_ns.
+        """
+    def history(
+        self,
+        from_ns: typing.SupportsInt | typing.SupportsIndex,
+        to_ns: typing.SupportsInt | typing.SupportsIndex,
+    ) -> tuple:
+        """
+        Run-long history rows with t in [from_ns, to_ns] plus one row on each side, as (index[n], t_ns[n], energy_j[n, C], power_w[n, C], channel_t_ns[n, C]).
         """
     def latest(self) -> typing.Any:
         """
@@ -230,6 +240,11 @@ class Sampler:
     def head(self) -> int:
         """
         Number of samples ever pushed (the next sample's index).
+        """
+    @property
+    def history_capacity(self) -> int:
+        """
+        Most history rows kept (memory: rows x (values per sample + 2) x 8 bytes).
         """
     @property
     def idle_period_ns(self) -> int: ...

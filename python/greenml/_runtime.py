@@ -169,6 +169,11 @@ def sensors_of(sources: List["_core.Source"], extra: List[Sensor]) -> List[Senso
 #: While nothing needs full rate, the sampler reads every source this often (or more often
 #: when a counter could wrap sooner): one wake-up per second keeps an idle process idle.
 IDLE_PERIOD_NS = 1_000_000_000
+#: One row of every sample's energies is kept this often for the whole run (the run-long
+#: history that windows longer than the ring resolve from), in at most HISTORY_ROWS rows: when
+#: full, every other row goes and the spacing doubles.
+HISTORY_PERIOD_NS = 1_000_000_000
+HISTORY_ROWS = 1 << 15
 #: Events kept for results (counter resets, failed reads); older ones are dropped.
 MAX_EVENTS = 4096
 
@@ -197,11 +202,18 @@ class Runtime:
         settings: Optional[Settings] = None,
         capacity: int = 1 << 16,
         idle_period_ns: int = IDLE_PERIOD_NS,
+        history_period_ns: int = HISTORY_PERIOD_NS,
+        history_rows: int = HISTORY_ROWS,
     ) -> None:
         self.settings = settings if settings is not None else settings_from_env()
         self.sources, self.extra_sensors = build_sources(self.settings)
         self.sampler = _core.Sampler(
-            self.sources, self.settings.interval_ns, capacity, idle_period_ns
+            self.sources,
+            self.settings.interval_ns,
+            capacity,
+            idle_period_ns,
+            history_period_ns,
+            history_rows,
         )
         self.channels = list(self.sampler.channels())
         #: A power-only channel is integrated by the sampler: windows need it at full rate.

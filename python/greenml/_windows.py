@@ -128,7 +128,13 @@ class WindowResolver:
         return _Samples(idx, t, e, p, ct)
 
     def _samples_for(
-        self, idx0: np.ndarray, idx1: np.ndarray, start_rows: Sequence[Any], head: int
+        self,
+        idx0: np.ndarray,
+        idx1: np.ndarray,
+        start_rows: Sequence[Any],
+        head: int,
+        t0: Optional[np.ndarray] = None,
+        t1: Optional[np.ndarray] = None,
     ) -> _Samples:
         period = max(self.rt.sampler.period_ns, 1)
         # Samples on each side of an edge: enough to see a few GPU counter updates (they come
@@ -150,6 +156,13 @@ class WindowResolver:
                     merged.append((a, b))
             ranges = merged
         parts = [s for s in (self._read_range(a, b) for a, b in ranges) if s is not None]
+        # Windows whose start left the ring resolve from the run-long history around them.
+        oldest = head - self.rt.sampler.capacity
+        lost = idx0 - 1 < oldest
+        if t0 is not None and t1 is not None and lost.any():
+            hist = self._history(int(t0[lost].min()), int(t1[lost].max()))
+            if hist is not None:
+                parts.append(hist)
         # Start rows copied when the windows opened stand in for samples the ring has lost.
         if start_rows:
             have = set(np.concatenate([p.index for p in parts]).tolist()) if parts else set()
@@ -188,6 +201,12 @@ class WindowResolver:
             np.concatenate([p.power_w for p in parts])[sel],
             np.concatenate([p.channel_t_ns for p in parts])[sel],
         )
+
+    def _history(self, from_ns: int, to_ns: int) -> Optional[_Samples]:
+        idx, t, e, p, ct = self.rt.sampler.history(from_ns, to_ns)
+        if t.size == 0:
+            return None
+        return _Samples(idx, t, e, p, ct)
 
     # -- resolving -------------------------------------------------------------------------
 
@@ -229,7 +248,7 @@ class WindowResolver:
             sampler.read_now()
         deadline = time.monotonic_ns() + _MAX_SETTLE_WAIT_NS
         while True:
-            samples = self._samples_for(idx0, idx1, start_rows, sampler.head)
+            samples = self._samples_for(idx0, idx1, start_rows, sampler.head, t0, t1)
             res = self._integrate(t0, t1, samples)
             if not settle or res.settled.all() or time.monotonic_ns() >= deadline:
                 return res

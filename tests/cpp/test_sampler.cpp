@@ -811,3 +811,43 @@ TEST_CASE("sampler: start() in a forked child runs a fresh thread") {
   REQUIRE(src->wait_for_reads(src->reads() + 2));
   s.stop();
 }
+
+TEST_CASE("sampler: the run-long history thins itself and stays within its rows for a long run") {
+  // A simulated week at 1 kHz through a 64-row history: rows never exceed 64,
+  // the spacing doubles as it thins, and the oldest row is still near the start.
+  FakeClock clock;
+  auto src = std::make_shared<FakeSource>(std::vector<ChannelInfo>{counter_channel("package:0", 0)});
+  greenml::SamplerOptions o = opts(1'000'000, 16, clock.fn());
+  o.history_period_ns = 1'000'000'000;  // 1 s
+  o.history_rows = 64;
+  Sampler s({src}, o);
+  constexpr std::int64_t kStep = 60'000'000'000;  // one sample a minute of fake time
+  constexpr int kSamples = 7 * 24 * 60;           // a week
+  for (int k = 1; k <= kSamples; ++k) {
+    clock.set(k * kStep);
+    src->set(0, static_cast<std::uint64_t>(k) * 1000);
+    (void)read_now(s);
+    CHECK(s.history_size() <= 64);
+  }
+  const auto all = s.history(0, INT64_MAX);
+  REQUIRE(all.t.size() >= 32);
+  CHECK(all.t.front() == kStep);                    // the start of the week is still covered
+  // and its end, to within the current row spacing
+  CHECK(all.t.back() >= kSamples * kStep - s.history_period_ns());
+  for (std::size_t i = 1; i < all.t.size(); ++i) CHECK(all.t[i] > all.t[i - 1]);
+  CHECK(s.history_period_ns() > 1'000'000'000);
+  // Each row keeps its sample's values (energy, then the source time) and ring index.
+  const std::size_t w = s.layout().width;
+  REQUIRE(all.values.size() == all.t.size() * w);
+  for (std::size_t r = 0; r < all.t.size(); ++r) {
+    const auto k = static_cast<std::uint64_t>(all.t[r] / kStep);
+    CHECK(all.values[r * w] == k * 1000);
+    CHECK(all.values[r * w + 1] == static_cast<std::uint64_t>(all.t[r]));
+    CHECK(all.index[r] == k - 1);
+  }
+  // A range query returns its rows plus one on each side.
+  const auto mid = s.history(all.t[10], all.t[12]);
+  REQUIRE(mid.t.size() == 5);
+  CHECK(mid.t.front() == all.t[9]);
+  CHECK(mid.t.back() == all.t[13]);
+}

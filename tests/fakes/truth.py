@@ -266,6 +266,8 @@ def make_runtime(
     interval_ms: float = 10.0,
     env: Optional[Mapping[str, str]] = None,
     capacity: int = 1 << 16,
+    cuda_device_order: Optional[str] = "PCI_BUS_ID",
+    **runtime_options,
 ):
     """A ``greenml.Runtime`` over fakes only: the caller must ``stop()`` it.
 
@@ -282,8 +284,10 @@ def make_runtime(
         interval_ms=float(interval_ms),
         sources=frozenset(sources),
         env=dict(env or {}),
+        # The fake GPUs are different models listed in PCI order: say which order CUDA uses.
+        cuda_device_order=cuda_device_order,
     )
-    return greenml.Runtime(settings, capacity=capacity)
+    return greenml.Runtime(settings, capacity=capacity, **runtime_options)
 
 
 class Runtimes:

@@ -76,6 +76,18 @@ struct SamplerOptions {
   // always full rate. Reads still happen at least every wrap-safe period.
   std::int64_t idle_period_ns = 0;
   ClockFn clock;  // timestamps of samples (default CLOCK_MONOTONIC); waits use the real clock
+  // Run-long history: a copy of one pushed sample every history_period_ns (0 = none), at most
+  // history_rows rows; when full, every other row goes and the period doubles, so the history
+  // covers the whole life of the sampler in bounded memory.
+  std::int64_t history_period_ns = 0;
+  std::size_t history_rows = 1 << 15;
+};
+
+// Rows copied out of the history: ring index, time and values of each.
+struct HistoryRows {
+  std::vector<std::uint64_t> index;
+  std::vector<std::int64_t> t;
+  std::vector<std::uint64_t> values;  // rows x width
 };
 
 class Sampler {
@@ -129,6 +141,14 @@ class Sampler {
   [[nodiscard]] std::vector<std::string> warnings() const;
   [[nodiscard]] std::int64_t max_safe_period_ns() const noexcept { return max_safe_period_ns_; }
 
+  // History rows with t in [from_ns, to_ns], plus the last row before and the first after
+  // (so a window edge can be placed between two rows).
+  [[nodiscard]] HistoryRows history(std::int64_t from_ns, std::int64_t to_ns) const;
+  // Current spacing of history rows (ns; doubles each time the history thins) and row count.
+  [[nodiscard]] std::int64_t history_period_ns() const;
+  [[nodiscard]] std::size_t history_size() const;
+  [[nodiscard]] std::size_t history_capacity() const noexcept { return history_rows_; }
+
   // Internal: fork handlers (see sampler.cpp).
   void fork_prepare_();
   void fork_parent_();
@@ -147,6 +167,7 @@ class Sampler {
   void update_channel(std::size_t i, std::int64_t t);
   void record_event(std::int64_t t, std::int64_t since, std::size_t channel, EventKind kind);
   void signal_thread();
+  void record_history(std::uint64_t index, std::int64_t t);
 
   // Declaration order matters: channels_ is built from sources_ and fills
   // source_offset_, so both must exist first.
@@ -178,6 +199,13 @@ class Sampler {
   std::vector<double> integral_nj_;         // power channels, nanojoules
   std::vector<std::uint64_t> last_power_raw_;
   std::vector<std::uint64_t> row_;
+  // Run-long history (see SamplerOptions), appended under state_mutex_ and read under
+  // history_mutex_ (never held across I/O).
+  mutable std::mutex history_mutex_;
+  std::vector<std::uint64_t> history_;      // rows of [index, t, values...]
+  std::int64_t history_period_ns_ = 0;
+  std::int64_t next_history_ns_ = 0;
+  std::size_t history_rows_ = 0;
   std::vector<SamplerEvent> events_;        // ring of the last max_events
   std::uint64_t events_total_ = 0;
   std::unique_ptr<std::atomic<std::uint64_t>[]> failed_per_channel_;
