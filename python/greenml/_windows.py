@@ -298,8 +298,13 @@ class PendingWindows:
     """Closed windows waiting to be resolved, kept in compact arrays and resolved in batches
     once the counter updates covering their ends have had time to arrive.
 
-    Thread-safe: any number of threads may add while another flushes. ``on_resolved(t0, t1,
-    resolved)`` receives each batch, oldest first. Memory is bounded: beyond ``max_pending``
+    Thread-safe, with one resolver at a time: ``_lock`` guards the pending arrays (held for an
+    append or a take, never while resolving); ``_resolve_lock`` serialises take, resolve and
+    ``on_resolved(t0, t1, resolved)``, so batches arrive one at a time, oldest first, and the
+    callback needs no lock of its own. A thread that adds while another resolves does not wait
+    for it (its windows stay queued for the next flush); only a final flush waits. An error while
+    resolving is reported as a warning, once, and the batch stays queued: it never reaches the
+    code that called ``add``. Memory is bounded: beyond ``max_pending``
     windows the oldest are resolved as they are. The runtime's background settler calls
     :meth:`settle_aging`, so windows are resolved before their samples leave the ring even
     when no new window comes.
@@ -318,6 +323,8 @@ class PendingWindows:
         self._batch = batch
         self._max = max_pending
         self._lock = threading.Lock()
+        self._resolve_lock = threading.Lock()
+        self._warned = False
         self._t0 = array("q")
         self._t1 = array("q")
         self._idx0 = array("q")
@@ -338,13 +345,35 @@ class PendingWindows:
             due = n >= self._batch and (n % self._batch == 0 or n >= self._max)
             due = due or t1_ns - self._t0[0] > self._horizon_ns
         if due:
-            self.flush()
+            self._flush_quietly()
 
     def settle_aging(self) -> None:
-        self.flush()
+        self._flush_quietly()
 
-    def flush(self, final: bool = False) -> None:
-        """Resolves the windows that are ready (all of them, waiting to settle, when final)."""
+    def _flush_quietly(self) -> None:
+        try:
+            self.flush(wait=False)
+        except Exception as exc:  # bookkeeping must never break the user's loop
+            if not self._warned:
+                self._warned = True
+                warnings.warn(
+                    f"greenml could not resolve pending energy windows ({exc!r}); they stay "
+                    "queued and are retried (warned once)",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+
+    def flush(self, final: bool = False, wait: bool = True) -> None:
+        """Resolves the windows that are ready (all of them, waiting to settle, when final).
+        With ``wait=False`` it returns at once when another thread is resolving."""
+        if not self._resolve_lock.acquire(blocking=wait or final):
+            return
+        try:
+            self._flush(final)
+        finally:
+            self._resolve_lock.release()
+
+    def _flush(self, final: bool) -> None:
         with self._lock:
             n = len(self._t0)
             if n == 0:
