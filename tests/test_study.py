@@ -256,6 +256,13 @@ def test_the_guidelines_quote_the_numbers_of_the_data_they_were_given(tmp_path):
         ]
     )
     assert f"median {med:.2f}" in text
+    # inference ranks training across models (train ~ 3x inference here): the paper's "one does
+    # not predict the other" is contradicted, so the claim only partly agrees
+    per_model = df.pivot_table(index="model", columns="phase", values="energy_per_sample_j")
+    rho6 = per_model[["inference", "train"]].rank().corr().iloc[0, 1]
+    assert f"Spearman rho = {rho6:.2f}" in text and "n = 6)" in text
+    assert "the ranking of one phase does predict the other's here" in text
+    assert "one does not predict the other: partly agrees" in text
     assert "**Energy here is modelled" not in text  # every domain was measured
     for name in ("heatmap.png", "scatter.png", "batch_size.png", "pareto.png", "correlations.csv"):
         assert os.path.getsize(tmp_path / name) > 0

@@ -74,7 +74,7 @@ def scatter(df: Any, cells: Any, path: str) -> str:
             )
             a, b = fit
             ys = 10 ** (a * np.log10(grid) + b) if log else a * grid + b
-            label = f"fit: y ~ x^{a:.2f}" if log else f"fit: {a:.3g} W x t + {b:.3g} J"
+            label = f"fit: y ~ x^{a:.2f}" if log else f"fit: {a:.3g} W x t {b:+.3g} J"
             ax.plot(grid, ys, "k--", lw=1, label=label)
         if log:
             ax.set_xscale("log")
@@ -94,9 +94,10 @@ def batch_plot(bse: Any, path: str) -> str:
     axes = np.atleast_1d(fig.subplots(1, max(1, len(phases))))
     for ax, phase in zip(axes, phases):
         part = bse[bse["phase"] == phase]
-        for model, g in part.groupby("model"):
+        for i, (model, g) in enumerate(part.groupby("model")):
             g = g.sort_values("batch_size")
-            ax.plot(g["batch_size"], g["energy_per_sample_j"], marker="o", label=model)
+            style = ("-", "--", ":")[(i // 10) % 3]  # the colour cycle has 10 colours
+            ax.plot(g["batch_size"], g["energy_per_sample_j"], style, marker="o", label=model)
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("batch size")
