@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from ._carbon import carbon_regions
 from ._errors import ConfigError, GreenmlError, LogError, SensorError
+from ._estimate import Estimate, EstimateError, Estimator, HardwareMismatchError
 from ._features import features
 from ._forecast import Forecast, ForecastError, forecast
 from ._measure import CallStats, measure
@@ -22,9 +23,13 @@ __all__ = [
     "Baseline",
     "CallStats",
     "ConfigError",
+    "Estimate",
+    "EstimateError",
+    "Estimator",
     "Forecast",
     "ForecastError",
     "GreenmlError",
+    "HardwareMismatchError",
     "LogError",
     "Measurement",
     "Meter",

@@ -275,8 +275,22 @@ def _forecast_part(y: np.ndarray, remaining: float) -> _Part:
     slope, se, tstat = _trend(y)
     # The linear trend continued over the remaining steps, from the profile's centre.
     lever = remaining * (m - (m - 1) / 2 + (remaining - 1) / 2)
-    trend_future = remaining * mean + slope * lever
+    # A step never costs less than nothing: the line is cut at zero where it would cross it.
+    trend_future = _positive_line_sum(mean + slope * (m - (m - 1) / 2), slope, remaining)
     return _Part(remaining * mean, var, dof, trend_future, var + (se * lever) ** 2, tstat)
+
+
+def _positive_line_sum(a: float, b: float, n: float) -> float:
+    """Integral of max(0, a + b t) for t in [0, n]: a linear trend's sum, never negative."""
+    if n <= 0:
+        return 0.0
+    if b == 0:
+        return max(a, 0.0) * n
+    t0 = -a / b  # where the line crosses zero
+    lo, hi = (0.0, min(n, max(t0, 0.0))) if b < 0 else (min(n, max(t0, 0.0)), n)
+    if hi <= lo:
+        return 0.0
+    return a * (hi - lo) + b * (hi * hi - lo * lo) / 2
 
 
 def forecast_blocks(
@@ -439,8 +453,6 @@ def forecast_blocks(
         trd = measured_s + pd_.trend_future + n_future_spikes * dexc_mean
         trd_half = q * math.sqrt(pd_.trend_var)
         dlow, dhigh = min(dlow, trd - trd_half), max(dhigh, trd + trd_half)
-        # The centre of what the profile allows: between the level and the trend.
-        energy, duration = (energy + tr) / 2, (duration + trd) / 2
         method += "; non-stationary: interval spans level and trend"
     if warm_not_over:
         notes.append(

@@ -437,6 +437,48 @@ _NO_ESTIMATE_HELP = (
 )
 
 
+def _cmd_estimate(args: argparse.Namespace) -> int:
+    from ._estimate import Estimator
+
+    info = sys.stderr if args.json else sys.stdout
+    if args.source.lower().endswith(".json"):
+        est = Estimator.load(args.source)
+    else:
+        est = Estimator(family=args.family).fit(args.source, hardware=args.hardware, verbose=False)
+    print(est.describe(), file=info)
+    if args.save:
+        est.save(args.save)
+        print(f"estimator written to {args.save}", file=info)
+    if args.model is None and args.params is None:
+        if args.json:
+            print(json.dumps({"hardware": est.hardware, "cv": est.cv}, indent=2))
+        return 0
+    if args.batch_size is None or args.samples is None:
+        raise GreenmlError("give --batch-size and --samples to estimate a model")
+    if args.model is not None:
+        from . import zoo
+
+        what: Any = zoo.create(args.model, width=args.width)
+    else:
+        what = {"params": args.params, "macs": args.macs, "train_macs": args.train_macs}
+    r = est.predict(
+        what,
+        phase=args.phase,
+        batch_size=args.batch_size,
+        samples=args.samples,
+        hardware=args.hardware,
+        force=args.force,
+    )
+    print(json.dumps(r.to_dict(), indent=2) if args.json else r.describe())
+    return 0
+
+
+_NO_ESTIMATE_HELP = (
+    "measured numbers only: no cpu:estimated / dram:estimated where no counter exists "
+    "(as GREENML_ESTIMATE=off)"
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="greenml", description="Energy profiler for machine learning."
@@ -501,6 +543,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-id", help="the run to use when the log holds several")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=_cmd_forecast)
+
+    p = sub.add_parser("estimate", help="energy of a model from its features (study results)")
+    p.add_argument(
+        "source",
+        help="a study's results.csv/.parquet (or its folder) to fit on, "
+        "or an estimator saved with --save (.json)",
+    )
+    p.add_argument(
+        "--hardware", help="fingerprint to fit on and predict for (default: this machine's)"
+    )
+    p.add_argument(
+        "--family",
+        choices=["auto", "loglinear", "gbm"],
+        default="auto",
+        help="model family (auto: chosen by leave-one-model-out error)",
+    )
+    p.add_argument("--save", metavar="EST.json", help="write the fitted estimator")
+    p.add_argument("--model", help="a zoo model to estimate (see greenml.zoo.names())")
+    p.add_argument("--width", type=float, default=1.0, help="width multiplier of --model")
+    p.add_argument("--params", type=float, help="parameters of the model (instead of --model)")
+    p.add_argument("--macs", type=float, help="forward MACs per sample")
+    p.add_argument("--train-macs", type=float, help="training-step MACs per sample")
+    p.add_argument("--phase", choices=["train", "inference"], default="train")
+    p.add_argument("--batch-size", type=int, help="samples per step")
+    p.add_argument("--samples", type=int, help="samples to estimate for")
+    p.add_argument("--force", action="store_true", help="predict for other hardware anyway")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.set_defaults(func=_cmd_estimate)
     return parser
 
 
