@@ -473,12 +473,6 @@ def _cmd_estimate(args: argparse.Namespace) -> int:
     return 0
 
 
-_NO_ESTIMATE_HELP = (
-    "measured numbers only: no cpu:estimated / dram:estimated where no counter exists "
-    "(as GREENML_ESTIMATE=off)"
-)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="greenml", description="Energy profiler for machine learning."
