@@ -315,3 +315,24 @@ def test_cli_options_merge_defaults_config_and_flags(tmp_path):
     cfg.write_text("modles = ['lenet']\n")
     with pytest.raises(ConfigError, match="unknown key 'modles'"):
         options(build_parser().parse_args(["study", "--config", str(cfg)]))
+
+
+def test_given_a_local_cifar10_folder_then_it_is_read_without_download(rt, tmp_path):
+    import pickle
+
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name, n in (("data_batch_1", 48), ("test_batch", 32)):
+        batch = {
+            b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+            b"labels": rng.integers(0, 10, n).tolist(),
+        }
+        with open(folder / name, "wb") as f:
+            pickle.dump(batch, f)
+    df = study.run(
+        **_tiny(models=["lenet"], batch_sizes=[8], cifar10_root=str(tmp_path), runtime=rt)
+    )
+    assert set(df["dataset"]) == {"cifar10"} and len(df) == 2
+    with pytest.raises(ConfigError, match="no CIFAR-10 python batches"):
+        study.run(**_tiny(cifar10_root=str(tmp_path / "nowhere"), runtime=rt))
