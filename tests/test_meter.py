@@ -167,7 +167,7 @@ def test_given_exception_inside_meter_when_raised_then_reraised_and_result_compl
 
     # Then: the meter stopped and holds a complete, settled result
     assert not m.running
-    r = m.result()
+    r = m.result(wait=True)
     assert r.settled
     assert r.duration_s >= 0.05
     assert math.isfinite(r.energy_j) and r.energy_j > 0
@@ -521,3 +521,38 @@ def test_given_a_meter_read_long_after_its_samples_left_the_ring_then_energy_is_
     # Then
     truth = sum(writer.true_energy_j(z, t0, t1) for z in ("intel-rapl:0", "intel-rapl:0:0"))
     assert abs(energy - truth) <= m.uncertainty_j + 0.02 * truth
+
+
+# ------------------------------------------------------------------- reading results without waiting
+
+
+def test_given_short_window_when_read_then_no_wait_unsettled_consistent_and_covering(writer, rt):
+    # Given a 20 ms meter (the counter's last update may come ~28 ms after it ends)
+    with greenml.meter(runtime=rt, sync_cuda=False) as m:
+        time.sleep(0.02)
+
+    # When read at once
+    t = time.perf_counter()
+    quick = m.result()
+    waited_s = time.perf_counter() - t
+
+    # Then: no wait for the tail, every attribute agrees with that one result, and its wider
+    # uncertainty covers the truth
+    assert waited_s < 0.02
+    assert m.energy_j == quick.energy_j and m.by_domain == quick.by_domain
+    assert m.co2e_g == quick.co2e_g and m.uncertainty_j == quick.uncertainty_j
+    t0, t1 = meter_window_ns(m)
+    truth = sum(_truth(writer, t0, t1).values())
+    assert abs(quick.energy_j - truth) <= quick.uncertainty_j
+
+    # And asking to wait gives the settled, final result, kept from then on
+    final = m.result(wait=True)
+    assert final.settled and m.result() is final and m.energy_j == final.energy_j
+    assert abs(final.energy_j - truth) <= final.uncertainty_j
+
+
+def test_given_long_window_when_read_then_default_waits_and_result_is_final(writer, rt):
+    with greenml.meter(runtime=rt, sync_cuda=False) as m:
+        time.sleep(0.7)  # the ~28 ms settle lag is under 5% of it: waiting is cheap
+    r = m.result()
+    assert r.settled and m.result() is r

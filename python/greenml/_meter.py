@@ -345,6 +345,7 @@ class Meter:
         self._steps_value: Optional[StepStats] = None  # created on the first step()
         self._forecast_watch: Optional[Any] = None  # see log_forecast()
         self._result: Optional[Measurement] = None
+        self._snapshot: Optional[Measurement] = None  # unsettled result of a stopped meter
         self._resolver_value: Optional[WindowResolver] = None
         self._failed_at_start: Optional[List[int]] = None
 
@@ -358,6 +359,7 @@ class Meter:
             sync_cuda()
         # A meter started again measures afresh: nothing carries over from its last run.
         self._result = None
+        self._snapshot = None
         with self._lock:
             self._phase_cache.clear()
             self._phase_windows.clear()
@@ -405,9 +407,12 @@ class Meter:
         w = self._window
         if w is None or w.t1_ns is None or self._result is not None:
             return
-        if time.monotonic_ns() - w.t1_ns < self._rt.horizon_ns() // 2:
+        age = time.monotonic_ns() - w.t1_ns
+        if self._snapshot is not None and age > self._rt.settle_lag_ns:
+            self.result(wait=True)  # the tail has arrived: replace the unsettled snapshot
+        if age < self._rt.horizon_ns() // 2:
             return
-        self.result()
+        self.result(wait=True)
         self.phases  # noqa: B018 - resolves and caches every phase
 
     def __enter__(self) -> "Meter":
@@ -480,16 +485,36 @@ class Meter:
             return live
         return w
 
-    def result(self) -> Measurement:
-        """The measurement of the whole meter (final once stopped, live before)."""
+    def result(self, wait: Optional[bool] = None) -> Measurement:
+        """The measurement of the whole meter (final once stopped, live before).
+
+        A counter updates some time after a window ends (GPUs: up to ~100 ms later), so the
+        last stretch of a just-stopped meter is extrapolated until that update arrives.
+        ``wait=True`` waits for it (at most 250 ms) and returns the settled, final result;
+        ``wait=False`` returns at once, ``settled=False``, with an uncertainty that covers the
+        unresolved tail. The default waits only when the wait is small next to the window
+        (the expected wait under 5% of its length), so a loop of short windows read one by one
+        is not slowed, and a long run's result is final at once. Attributes such as
+        ``energy_j`` use the default. A stopped meter's unsettled result is kept, so every
+        attribute read from it agrees, until a settled one replaces it (``wait=True``, or the
+        runtime's settler thread a little later); a settled result never changes.
+        """
         if self._result is not None:
             return self._result
+        stopped = not self.running
+        if wait is None:
+            w = self._current_window()
+            wait = self._settle and self._rt.settle_lag_ns <= 0.05 * ((w.t1_ns or 0) - w.t0_ns)
+        if stopped and not wait and self._snapshot is not None:
+            return self._snapshot
         w = self._current_window()
-        res = self._resolver.resolve([w], settle=self._settle and not self.running)
+        res = self._resolver.resolve([w], settle=bool(wait) and stopped)
         m = self._measurement(self.name, "meter", [w], res.energy_j, res.uncertainty_j, res)
         warn_short_windows(self._rt.channels, res, np.array([m.duration_s]))
-        if not self.running and m.settled:
+        if stopped and m.settled:
             self._result = m
+        elif stopped:
+            self._snapshot = m
         return m
 
     def _measurement(
