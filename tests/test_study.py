@@ -336,3 +336,15 @@ def test_given_a_local_cifar10_folder_then_it_is_read_without_download(rt, tmp_p
     assert set(df["dataset"]) == {"cifar10"} and len(df) == 2
     with pytest.raises(ConfigError, match="no CIFAR-10 python batches"):
         study.run(**_tiny(cifar10_root=str(tmp_path / "nowhere"), runtime=rt))
+
+
+def test_a_machine_with_nothing_to_measure_analyses_to_cannot_tell_without_errors(tmp_path):
+    df = _synthetic_results()
+    df[["energy_j", "energy_per_sample_j", "mean_power_w"]] = np.nan
+    a = study.analyze(df, out_dir=str(tmp_path))
+    by_id = {c["id"]: c["verdict"] for c in a.claims}
+    for claim in ("energy_time", "macs", "macs_per_param", "accuracy", "batch_size"):
+        assert by_id[claim] == "cannot tell", claim
+    assert by_id["train_inference"] != "cannot tell"  # a time ratio needs no energy
+    assert "These data support no recommendation yet" in a.guidelines
+    assert (tmp_path / "scatter.png").stat().st_size > 0

@@ -211,15 +211,17 @@ def claims_from(df: Any, cells: Any, corr: Any, ratios: Any, bse: Any) -> List[D
             p = g["plateau_batch_size"].iloc[0]
             if math.isfinite(p):
                 plateaus.append((model, phase, int(p)))
+    arr = np.array(pairs, dtype=float)
+    arr = arr[np.isfinite(arr)]
     if not pairs:
         verdict, finding, value = (
             UNKNOWN,
             "only one batch size: no batch-size effect to see",
             math.nan,
         )
+    elif arr.size == 0:
+        verdict, finding, value = UNKNOWN, "no energy per sample to compare", math.nan
     else:
-        arr = np.array(pairs)
-        arr = arr[np.isfinite(arr)]
         cheaper = int(np.sum(arr < 1.0))
         value = float(np.median(arr)) if arr.size else math.nan
         smallest = int(bse["batch_size"].min())
@@ -264,7 +266,8 @@ def claims_from(df: Any, cells: Any, corr: Any, ratios: Any, bse: Any) -> List[D
     )
 
     # 6. training vs inference
-    if ratios is None or ratios.empty:
+    times = ratios["time_ratio"].to_numpy(dtype=float) if ratios is not None else np.array([])
+    if not np.isfinite(times).any():
         claims.append(
             {
                 "id": "train_inference",

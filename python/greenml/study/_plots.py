@@ -21,6 +21,12 @@ HEAT_COLUMNS = (
 )
 
 
+def _positive(values: Any) -> bool:
+    """Whether a log axis can show ``values`` (some are finite and > 0)."""
+    v = np.asarray(values, dtype=float)
+    return bool(np.any(np.isfinite(v) & (v > 0)))
+
+
 def _figure(w: float, h: float) -> Any:
     from matplotlib.figure import Figure
 
@@ -76,7 +82,7 @@ def scatter(df: Any, cells: Any, path: str) -> str:
             ys = 10 ** (a * np.log10(grid) + b) if log else a * grid + b
             label = f"fit: y ~ x^{a:.2f}" if log else f"fit: {a:.3g} W x t {b:+.3g} J"
             ax.plot(grid, ys, "k--", lw=1, label=label)
-        if log:
+        if log and _positive(data[x]) and _positive(data[y]):
             ax.set_xscale("log")
             ax.set_yscale("log")
         ax.set_xlabel(x)
@@ -98,8 +104,10 @@ def batch_plot(bse: Any, path: str) -> str:
             g = g.sort_values("batch_size")
             style = ("-", "--", ":")[(i // 10) % 3]  # the colour cycle has 10 colours
             ax.plot(g["batch_size"], g["energy_per_sample_j"], style, marker="o", label=model)
+        ax.set_xlim(part["batch_size"].min() / 1.2, part["batch_size"].max() * 1.2)
         ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
+        if _positive(part["energy_per_sample_j"]):
+            ax.set_yscale("log")
         ax.set_xlabel("batch size")
         ax.set_ylabel("energy per sample (J)")
         ax.set_title(phase)
