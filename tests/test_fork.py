@@ -239,3 +239,32 @@ def test_given_workers_started_inside_an_open_meter_when_they_measure_then_each_
     assert len(items) == 8
     assert {x["pid"] for x in items} == workers
     assert all(x["energy_j"] > 0 for x in items)
+
+
+_FORK_IN_METER = """
+import json, os, sys, time
+import greenml
+log = sys.argv[1]
+with greenml.meter("outer", log=log, sync_cuda=False) as m:
+    time.sleep(0.02)
+    pid = os.fork()
+    if pid == 0:
+        time.sleep(0.02)
+# both processes leave the block; only the parent may record the window
+if pid == 0:
+    try:
+        m.result()
+        os._exit(3)  # the child must not get a result of the parent's window
+    except greenml.GreenmlError:
+        os._exit(0)
+_, status = os.waitpid(pid, 0)
+print(json.dumps({"child": os.waitstatus_to_exitcode(status), "pid": os.getpid()}))
+"""
+
+
+def test_given_fork_inside_an_open_meter_when_both_leave_it_then_the_window_is_logged_once(
+        machine_env, tmp_path):
+    log = tmp_path / "log.jsonl"
+    r = _run(_FORK_IN_METER, machine_env, str(log))
+    assert r["child"] == 0
+    assert [x["pid"] for x in _records(log) if x["name"] == "outer"] == [r["pid"]]

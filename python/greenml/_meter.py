@@ -337,6 +337,8 @@ class Meter:
         self._lock = threading.Lock()
         self._window: Optional[Window] = None
         self._full_rate = False
+        self._pid = os.getpid()
+        self._forked_copy = False
         self._t_start_unix: Optional[float] = None
         self._phase_windows: Dict[str, List[Window]] = {}
         self._phase_items: Dict[str, int] = {}
@@ -367,6 +369,8 @@ class Meter:
         self._steps_value = None
         self._run_id_value = None
         self._t_start_unix = time.time()
+        self._pid = os.getpid()
+        self._forked_copy = False
         # Full rate for the whole window where sparse samples would lose something: a
         # power-only channel is integrated sample by sample, and a trace was asked for.
         self._full_rate = self._rt.needs_full_rate_in_windows or self._trace_path is not None
@@ -384,6 +388,12 @@ class Meter:
                 "this meter was never started: use `with greenml.meter():` or .start()"
             )
         if w.t1_ns is not None:
+            return self
+        if self._pid != os.getpid():
+            # Started before a fork: the window is the parent's, which records it. The child
+            # only closes its copy, so a log summed over processes counts the window once.
+            w.t1_ns = time.monotonic_ns()
+            self._forked_copy = True
             return self
         if self._sync_cuda:
             sync_cuda()
@@ -501,6 +511,11 @@ class Meter:
         """
         if self._result is not None:
             return self._result
+        if self._forked_copy:
+            raise GreenmlError(
+                "this meter was started in the parent process before a fork: its result is the "
+                "parent's; start a meter in this process to measure here"
+            )
         stopped = not self.running
         if wait is None:
             w = self._current_window()
