@@ -286,3 +286,18 @@ def test_given_running_sampler_when_counter_wraps_many_times_then_no_wrap_is_los
     assert (col[1:] >= col[:-1]).all()
     assert round(col[-1] * 1e6) == expected_uj
     assert len(set(indices)) == len(values)
+
+
+def test_given_two_zones_named_the_same_package_when_listing_then_one_domain_counted_once(
+        powercap):
+    powercap.add_package(0, energy_uj=1_000, dram=False)
+    # A second top-level zone that also calls itself package-0 (seen on some firmware).
+    twin = powercap.root / "intel-rapl:7"
+    twin.mkdir()
+    (twin / "name").write_text("package-0\n")
+    (twin / "energy_uj").write_text("5000\n")
+    (twin / "max_energy_range_uj").write_text("262143328850\n")
+    src = _core.RaplSource(str(powercap.root))
+    domains = [c.domain for c in src.channels()]
+    assert domains == ["package:0"]
+    assert [s.domain for s in src.status()] == ["package:0"]

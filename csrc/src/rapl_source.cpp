@@ -7,6 +7,7 @@
 #include <cstring>
 #include <map>
 #include <optional>
+#include <set>
 
 #include "greenml/counter.hpp"
 
@@ -155,8 +156,12 @@ RaplSource::RaplSource(const std::string& root, const std::string& missing_hint)
     return;
   }
   std::map<std::string, int> unnumbered;
+  std::set<std::string> seen;
   for (const auto& z : zones) {
-    if (auto key = zone_key(z, unnumbered)) add_zone(z.dir, key->domain, key->in_total);
+    auto key = zone_key(z, unnumbered);
+    // Two zones claiming one domain (a firmware or tree that repeats package-0): the first
+    // wins; counting both would add the same energy twice.
+    if (key && seen.insert(key->domain).second) add_zone(z.dir, key->domain, key->in_total);
   }
   if (status_.empty()) {
     status_.push_back({"cpu", "rapl", true, false,
