@@ -140,7 +140,7 @@ def test_given_garbage_in_counter_when_reading_then_that_channel_fails_alone(pow
 def test_given_missing_root_when_constructing_then_one_unavailable_record_with_a_reason(tmp_path):
     root = tmp_path / "no" / "such" / "powercap"
 
-    src = _core.RaplSource(str(root))
+    src = _core.RaplSource(str(root), "set THE_ROOT_VARIABLE")
 
     assert src.channels() == []
     assert src.read() == ([], [])
@@ -149,7 +149,15 @@ def test_given_missing_root_when_constructing_then_one_unavailable_record_with_a
     st = statuses[0]
     assert (st.source, st.available) == ("rapl", False)
     assert str(root) in st.reason
-    assert "GREENML_POWERCAP_ROOT" in st.reason
+    assert st.reason.endswith("; set THE_ROOT_VARIABLE")  # the caller says how to configure it
+    # The core itself names no environment variable; the runtime adds the hint.
+    assert "GREENML_" not in _core.RaplSource(str(root)).status()[0].reason
+    from greenml._config import Settings
+    from greenml._runtime import build_sources, sensors_of
+
+    sources, extra = build_sources(Settings(powercap_root=str(root), sources=frozenset({"rapl"})))
+    (cpu,) = [s for s in sensors_of(sources, extra) if s.source == "rapl"]
+    assert "GREENML_POWERCAP_ROOT" in cpu.reason
     assert src.max_safe_period_ns > 10**18  # no counter: no wrap to worry about
 
 
