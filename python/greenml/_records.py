@@ -149,7 +149,11 @@ def read_records(path: "str | os.PathLike[str]") -> List[Dict[str, Any]]:
         try:
             rec = json.loads(text)
         except ValueError:
-            rec = _recover_tail(text)
+            # A torn write never includes its newline, so a damaged line holds an appended
+            # record only when something ended it with one: the file's unterminated last line
+            # is a torn write alone, whatever object its text happens to end with.
+            terminated = n < len(lines)
+            rec = _recover_tail(text) if terminated else None
             kept = " (the record appended after it on the same line is kept)" if rec else ""
             warnings.warn(
                 f"{p}:{n}: skipped a damaged line that is not a complete JSON record "
