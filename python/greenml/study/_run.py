@@ -601,7 +601,7 @@ def _row(
     threads: int,
     baseline: Any,
 ) -> Dict[str, Any]:
-    r = m.result()
+    r = m.result(wait=True)  # a table on disk holds settled, final numbers
     row: Dict[str, Any] = {
         "model": name,
         "width": width,
