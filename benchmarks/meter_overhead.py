@@ -58,7 +58,7 @@ from fakes.truth import RaplWriter, make_runtime, rapl_tree, warm_up  # noqa: E4
 
 ZONES = {"intel-rapl:0": (60.0, 40.0, 3.0), "intel-rapl:0:0": (12.0, 8.0, 17.0)}
 TARGETS_US = {"meter_enter_exit": 10.0, "meter_enter_exit_default_runtime": 10.0,
-              "decorator_overhead": 5.0}
+              "decorator_overhead": 5.0, "step": 2.0}
 LABELS = {
     "timer_pair": "empty timer pair (subtracted from all rows)",
     "meter_enter_exit": "`with greenml.meter(runtime=rt): pass` (incl. construction)",
@@ -68,7 +68,10 @@ LABELS = {
     "decorator_overhead": "decorator per-call overhead (decorated − bare)",
     "step": "`m.step()` in a running meter",
     "phase_enter_exit": "`with m.phase(\"p\"): pass` in a running meter",
-    "result_first_read": "first `m.result()` of a 1 ms meter (resolve + settle wait)",
+    "result_first_read": "first `m.result()` of a 1 ms meter (default: no settle wait)",
+    "result_first_read_wait": "first `m.result(wait=True)` of a 1 ms meter (resolve + settle wait)",
+    "loop_100ms_default": "loop of 100 ms meters, each read at once: cost per window (default)",
+    "loop_100ms_wait": "loop of 100 ms meters, each read at once: cost per window (wait=True)",
 }
 
 
@@ -189,18 +192,36 @@ def run(args: argparse.Namespace, root: Path) -> Dict[str, Any]:
     decorated.energy.flush()
     results["decorated_call"]["calls_resolved"] = decorated.energy.calls
 
-    # Informational: the first read of a short meter's result (resolution + settle wait).
-    firsts = []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", greenml.ShortWindowWarning)  # 1 ms < a sample spacing
-        for _ in range(args.result_reps):
-            m = greenml.Meter(runtime=rt)
-            with m:
-                time.sleep(0.001)
+    # Informational: the first read of a short meter's result, by default (no settle wait for
+    # a window this short) and waiting for the counter update that covers its end.
+    for key, wait in (("result_first_read", None), ("result_first_read_wait", True)):
+        firsts = []
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", greenml.ShortWindowWarning)  # 1 ms < sample spacing
+            for _ in range(args.result_reps):
+                m = greenml.Meter(runtime=rt)
+                with m:
+                    time.sleep(0.001)
+                a = time.perf_counter_ns()
+                m.result(wait=wait)
+                firsts.append(time.perf_counter_ns() - a)
+        results[key] = stats_us(np.array(firsts), floor)
+
+    # A loop that opens, closes and reads 100 ms windows: what greenml adds per window (open,
+    # close and the read), as a share of the 100 ms of work.
+    for key, wait in (("loop_100ms_default", None), ("loop_100ms_wait", True)):
+        costs = []
+        for _ in range(args.loop_windows):
             a = time.perf_counter_ns()
-            m.result()
-            firsts.append(time.perf_counter_ns() - a)
-    results["result_first_read"] = stats_us(np.array(firsts), floor)
+            m = greenml.Meter(runtime=rt, sync_cuda=False)
+            with m:
+                b = time.perf_counter_ns()
+                time.sleep(0.1)
+                c = time.perf_counter_ns()
+            m.result(wait=wait)
+            costs.append((time.perf_counter_ns() - a) - (c - b))
+        results[key] = stats_us(np.array(costs), floor)
+        results[key]["slowdown_pct_of_100ms"] = float(np.mean(costs)) / 1e8 * 100
     rt.stop()
 
     # The same meter on the process-wide default runtime, configured by the environment.
@@ -242,7 +263,8 @@ def run(args: argparse.Namespace, root: Path) -> Dict[str, Any]:
 
 ROW_ORDER = ["meter_enter_exit", "meter_enter_exit_default_runtime", "bare_call",
              "decorated_call", "decorator_overhead", "step", "phase_enter_exit",
-             "result_first_read"]
+             "result_first_read", "result_first_read_wait", "loop_100ms_default",
+             "loop_100ms_wait"]
 
 
 def verdicts(results: Dict[str, Any]) -> List[str]:
@@ -254,6 +276,12 @@ def verdicts(results: Dict[str, Any]) -> List[str]:
                    f"vs target < {limit:g} µs: {'met' if ok else 'MISSED'}"
                    + ("" if ok else f" ({r['median_us'] / limit:.2f}x)")
                    + ("" if r["p90_us"] < limit else " (p90 above the target)"))
+    for key in ("loop_100ms_default", "loop_100ms_wait"):
+        pct = results[key]["slowdown_pct_of_100ms"]
+        goal = " vs target < 5% (the default)" if key == "loop_100ms_default" else ""
+        out.append(f"{LABELS[key]}: mean {pct:.2f}% of each 100 ms window{goal}"
+                   + (": met" if key == "loop_100ms_default" and pct < 5 else
+                      ": MISSED" if key == "loop_100ms_default" else ""))
     return out
 
 
@@ -283,6 +311,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--reps", type=int, default=200_000, help="timed calls per operation")
     ap.add_argument("--rounds", type=int, default=10, help="interleaved rounds")
     ap.add_argument("--result-reps", type=int, default=50)
+    ap.add_argument("--loop-windows", type=int, default=30, help="100 ms windows per loop row")
     args = ap.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -588,14 +588,10 @@ NOTES = [
     "Real RAPL `energy_uj` reads go through the powercap driver and an MSR read (an IPI when the "
     "package is another socket's), typically a few µs each; the fake tree is plain files on a "
     "regular filesystem, so the RAPL rows understate real RAPL read cost.",
-    "The sampler thread sleeps in slices of at most 20 ms (sampler.cpp, max_sleep_slice_ns, to "
-    "bound stop() latency), so below 50 Hz it wakes more often than it samples: at 10 Hz about "
-    "50 wake-ups per second for 10 samples (see wakeups/s).",
-    "Linux gives ordinary threads a timer slack of 50 µs by default (see timer slack above; "
-    "the sampler thread inherits it and does not lower it with PR_SET_TIMERSLACK), so "
-    "clock_nanosleep may wake up to that much after each deadline: this sets the median "
-    "lateness, and at 10 kHz (100 µs period) slack plus one tick's work leaves little margin "
-    "before the next deadline.",
+    "The sampler thread waits on one condition variable on the monotonic clock until its next "
+    "deadline; stop(), resume(), a period change and a window edge signal it directly, so it "
+    "wakes once per sample at every rate. At full rate it sets its timer slack to 1/20 of the "
+    "period (at most 50 µs), which bounds how late a wake-up may be.",
     "The *none* rows are a sampler with no source: its thread only sleeps until the deadline, "
     "wakes, takes the lock, stamps and pushes an empty row. Their CPU per sample is the floor "
     "set by the kernel's sleep/wake path on this machine; a source's own cost is the "
