@@ -14,18 +14,24 @@ step and a validation pass at the end of every epoch (inside the epoch's last st
 training loop that evaluates per epoch has it). One thread (``torch.set_num_threads(1)``).
 
 Energy: this machine has no RAPL and no GPU, so the meter uses greenml's ``cpu:estimated``
-model (a TDP of ``--tdp-w`` watts x machine utilisation from /proc/stat, 100 Hz jiffies). Step
+TDP model (``GREENML_CPU_TDP_W`` = ``--tdp-w`` watts x the machine's busy share from
+/proc/stat, 100 Hz jiffies) and the constant ``dram:estimated``. Step
 energies are therefore real measurements of this machine's load, noise from other processes on
 the shared machine included; absolute joules depend on the assumed TDP, relative errors do not.
 
-Per run, with the whole run's measured step energies as the truth:
+A second series per run, ``cpu``: this process's CPU time per step x TDP / CPUs, the training's
+own cost, which other processes disturb far less (through caches and memory bandwidth only).
+
+Per run and series, with the whole run's step energies as the truth:
 
 * greenml: ``greenml.forecast`` of the first 10 % of the steps (the first epoch) for the whole
   run, 90 % prediction interval; the same profile a live ``m.forecast()`` at 10 % resolves;
 * Carbontracker's rule: the first epoch's energy x the number of epochs.
 
 Reported: per-run relative error of both, greenml's interval and whether it covers the truth;
-overall median absolute error, and interval coverage.
+overall median absolute error, and interval coverage; and, per run, how much the steps after
+the first epoch cost against the first epoch's steps after its warm-up (what any forecast from
+the first epoch has to assume stays the same).
 """
 
 from __future__ import annotations
@@ -46,7 +52,7 @@ for _dir in (REPO / "tests", REPO / "benchmarks"):
         sys.path.insert(0, str(_dir))
 
 import greenml  # noqa: E402
-from _machine import run_header, uptime_line  # noqa: E402
+from _machine import loadavg, run_header, uptime_line  # noqa: E402
 from greenml._config import Settings  # noqa: E402
 from greenml._forecast import carbontracker_rule, forecast_blocks  # noqa: E402
 
@@ -155,6 +161,10 @@ def evaluate(
         "carbontracker_j": ct,
         "carbontracker_error": (ct - truth) / truth,
     }
+    # How the rest of the run compares with the profile: steps after the first epoch against
+    # the first epoch's steps after its warm-up (what the forecast extrapolates).
+    w = min(f.warmup_steps, k - 1)
+    row["later_vs_profile"] = float(e[k:].mean() / e[w:k].mean() - 1)
     if np.all(np.isfinite(d)):
         row["truth_duration_s"] = float(d.sum())
         row["greenml_duration_error"] = (f.duration_s - float(d.sum())) / float(d.sum())
@@ -188,11 +198,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         for rep in range(args.repeats):
             for name, kind, width, batch, spe in RUNS[: args.runs]:
+                load0 = loadavg()[0]
                 r = train_run(rt, kind, width, batch, spe)
-                row = {"run": name, "repeat": rep, "steps_per_epoch": spe, "epochs": EPOCHS,
-                       "wall_s": r["wall_s"]}
-                row.update(evaluate(r["energy_j"], r["duration_s"], spe, args.confidence,
-                                    "meter_"))
+                row = {
+                    "run": name,
+                    "repeat": rep,
+                    "steps_per_epoch": spe,
+                    "epochs": EPOCHS,
+                    "wall_s": r["wall_s"],
+                    "load_before": load0,
+                    "load_after": loadavg()[0],
+                }
+                row.update(evaluate(r["energy_j"], r["duration_s"], spe, args.confidence, "meter_"))
                 cpu_j = r["cpu_s"] * per_cpu_w
                 series[f"{name}#{rep}"] = np.stack([r["energy_j"], cpu_j, r["duration_s"]])
                 row.update(evaluate(cpu_j, r["duration_s"], spe, args.confidence, "cpu_"))
@@ -231,11 +248,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         }
 
     summary = {"meter": summarise("meter_"), "cpu": summarise("cpu_")}
-    meta = {**header, "uptime_before": up_before, "uptime_after": uptime_line(),
-            "energy_meter": f"greenml meter, cpu:estimated model: TDP {args.tdp_w:g} W x "
-                            "machine utilisation (/proc/stat), every process on the machine",
-            "energy_cpu": f"this process's CPU time per step x {per_cpu_w:g} W (TDP / CPUs)",
-            "confidence": args.confidence, "epochs": EPOCHS}
+    meta = {
+        **header,
+        "uptime_before": up_before,
+        "uptime_after": uptime_line(),
+        "energy_meter": f"greenml meter: cpu:estimated (TDP model, {args.tdp_w:g} W x "
+        "machine-wide busy share from /proc/stat, every process on the machine) + "
+        "dram:estimated (constant)",
+        "energy_cpu": f"this process's CPU time per step x {per_cpu_w:g} W (TDP / CPUs)",
+        "confidence": args.confidence,
+        "epochs": EPOCHS,
+    }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "forecast_training.json").write_text(
@@ -259,23 +282,28 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         f"  - **cpu**: {meta['energy_cpu']}: the training's own cost, insensitive to other "
         "processes (relative errors do not depend on the wattage)",
         "",
-        "| run | steps | meter: greenml | +/- | covered | carbontracker | cpu: greenml | +/- "
-        "| covered | carbontracker | warm-up steps (cpu) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| run | steps | load (1 min) | meter: greenml | +/- | covered | carbontracker | "
+        "cpu: greenml | +/- | covered | carbontracker | warm-up steps (cpu) | "
+        "later steps vs profile (cpu) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['run']}#{r['repeat']} | {r['meter_steps']} | "
+            f"{r['load_before']:.1f}-{r['load_after']:.1f} | "
             f"{r['meter_greenml_error']:+.2%} | {r['meter_greenml_half_width']:.2%} | "
             f"{'yes' if r['meter_greenml_covered'] else 'no'} | "
             f"{r['meter_carbontracker_error']:+.2%} | "
             f"{r['cpu_greenml_error']:+.2%} | {r['cpu_greenml_half_width']:.2%} | "
             f"{'yes' if r['cpu_greenml_covered'] else 'no'} | "
-            f"{r['cpu_carbontracker_error']:+.2%} | {r['cpu_greenml_warmup_steps']} |"
+            f"{r['cpu_carbontracker_error']:+.2%} | {r['cpu_greenml_warmup_steps']} | "
+            f"{r['cpu_later_vs_profile']:+.1%} |"
         )
     lines.append("")
-    for p, label in (("cpu", "cpu (the training's own cost)"),
-                     ("meter", "meter (machine-wide, shared machine)")):
+    for p, label in (
+        ("cpu", "cpu (the training's own cost)"),
+        ("meter", "meter (machine-wide, shared machine)"),
+    ):
         sm = summary[p]
         lines += [
             f"**{label}**: greenml median |error| {sm['greenml_median_abs_error']:.2%} (p90 "

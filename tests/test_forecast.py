@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import sys
 import time
 
 import numpy as np
@@ -113,8 +114,15 @@ def test_given_a_profile_ending_just_before_a_periodic_step_when_forecast_then_n
 
     errs, _, fs = _sweep(make, seeds=50)
     assert np.median(errs) < 0.005
-    biased = [abs(make(np.random.default_rng(s))[:PROFILED].mean() * N / make(
-        np.random.default_rng(s)).sum() - 1) for s in range(10)]
+    biased = [
+        abs(
+            make(np.random.default_rng(s))[:PROFILED].mean()
+            * N
+            / make(np.random.default_rng(s)).sum()
+            - 1
+        )
+        for s in range(10)
+    ]
     assert np.median(biased) > 0.01
 
 
@@ -361,8 +369,9 @@ def test_given_log_forecast_after_seconds_when_stopped_then_made_from_the_steps(
     assert f is not None and f.steps_used >= 200
 
 
-@pytest.mark.parametrize("kwargs", [{"after_steps": 0}, {}, {"after_s": -1.0},
-                                    {"after_steps": 5, "after_s": 1.0}])
+@pytest.mark.parametrize(
+    "kwargs", [{"after_steps": 0}, {}, {"after_s": -1.0}, {"after_steps": 5, "after_s": 1.0}]
+)
 def test_given_bad_log_forecast_options_when_called_then_clear_error(rt, kwargs):
     m = greenml.meter(runtime=rt)
     with pytest.raises(ForecastError, match="after_"):
@@ -394,8 +403,17 @@ def test_cli_forecast_json_and_text(rt, tmp_path, capsys):
     _run_logged(rt, log)
     assert main(["forecast", str(log), "--total-steps", "6000", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    for key in ("energy_j", "low_j", "high_j", "duration_s", "co2e_g", "method",
-                "fraction_profiled", "warmup_steps", "stationary"):
+    for key in (
+        "energy_j",
+        "low_j",
+        "high_j",
+        "duration_s",
+        "co2e_g",
+        "method",
+        "fraction_profiled",
+        "warmup_steps",
+        "stationary",
+    ):
         assert key in out
     assert out["fraction_profiled"] == pytest.approx(0.1)
     assert main(["forecast", str(log), "--total-steps", "6000"]) == 0
@@ -410,3 +428,13 @@ def test_cli_forecast_errors_are_messages(tmp_path, capsys):
     log.write_text('{"type": "meter", "name": "x"}\n')
     assert main(["forecast", str(log), "--total-steps", "10"]) == 2
     assert "no step profile" in capsys.readouterr().err
+
+
+def test_t_quantile_without_scipy_matches_scipy(monkeypatch):
+    from greenml._forecast import t_quantile
+
+    stats = pytest.importorskip("scipy.stats")
+    monkeypatch.setitem(sys.modules, "scipy.stats", None)  # import fails: the expansion is used
+    for dof in (4, 7, 19):
+        for p in (0.95, 0.995):
+            assert t_quantile(p, dof) == pytest.approx(float(stats.t.ppf(p, dof)), abs=0.011)

@@ -444,8 +444,8 @@ def forecast_blocks(
     if drifting:
         notes.append(
             f"the step energy drifts ({pe.trend_t:+.1f} sigma trend over the profile): "
-            "the interval spans the level and the linear-trend extrapolations; profile longer "
-            "or forecast again later"
+            "the interval spans the level and the linear-trend extrapolations and the whole "
+            "profile's rate; profile longer or forecast again later"
         )
         tr = measured_j + pe.trend_future + n_future_spikes * exc_mean
         tr_half = q * math.sqrt(var_e - pe.var + pe.trend_var)
@@ -454,15 +454,20 @@ def forecast_blocks(
         trd_half = q * math.sqrt(pd_.trend_var)
         dlow, dhigh = min(dlow, trd - trd_half), max(dhigh, trd + trd_half)
         method += "; non-stationary: interval spans level and trend"
+    if drifting or warm_not_over:
+        # A rate still moving may be a warm-up not yet over: the rate over the whole profile,
+        # warm-up included, bounds the other side.
+        whole = measured_j + (total_steps - observed) * float(ce.mean()) / k
+        whole_d = measured_s + (total_steps - observed) * float(cd.mean()) / k
+        low, high = min(low, whole), max(high, whole)
+        if math.isfinite(whole_d):
+            dlow, dhigh = min(dlow, whole_d), max(dhigh, whole_d)
     if warm_not_over:
         notes.append(
             f"the warm-up may not be over ({warmup_steps} of {observed} steps look like "
             "warm-up): forecast again later; the interval is widened to cover the whole profile's "
             "rate"
         )
-        # Bound by the rate over the whole profile as well as the post-warm-up rate.
-        whole = measured_j + (total_steps - observed) * float(ce.mean()) / k
-        low, high = min(low, whole), max(high, whole)
         method += "; warm-up not over: interval covers the whole-profile rate"
     low = max(low, measured_j)
     dlow = max(dlow, measured_s)
