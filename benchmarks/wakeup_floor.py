@@ -81,7 +81,8 @@ SAMPLER_CODE = textwrap.dedent(
     import json, sys, time
     from greenml import _core
     root, period_ns, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-    s = _core.Sampler([_core.RaplSource(root)], period_ns, 1 << 16)
+    sources = [] if root == "none" else [_core.RaplSource(root)]
+    s = _core.Sampler(sources, period_ns, 1 << 16)
     s.start()
     time.sleep(0.2)
     c0, r0, t0 = s.stats()["thread_cpu_ns"], s.stats()["reads"], time.monotonic()
@@ -154,15 +155,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for label, period in rates.items():
             b = bare(exe, period, args.seconds)
             g = run_json([py, "-c", SAMPLER_CODE, str(root), str(period), str(args.seconds)], env)
-            rows.setdefault(label, []).append(
-                {
-                    "bare_pct": 100 * b["cpu_ns"] / 1e9 / b["wall_s"],
-                    "greenml_pct": 100 * g["cpu_ns"] / 1e9 / g["wall_s"],
-                    "bare_us_per_wakeup": b["cpu_ns"] / 1e3 / b["wakeups"],
-                    "greenml_us_per_wakeup": g["cpu_ns"] / 1e3 / max(g["wakeups"], 1),
-                }
-            )
-            rows[label][-1]["ratio"] = rows[label][-1]["greenml_pct"] / rows[label][-1]["bare_pct"]
+            n = run_json([py, "-c", SAMPLER_CODE, "none", str(period), str(args.seconds)], env)
+            row = {
+                "bare_pct": 100 * b["cpu_ns"] / 1e9 / b["wall_s"],
+                "greenml_pct": 100 * g["cpu_ns"] / 1e9 / g["wall_s"],
+                "nosource_pct": 100 * n["cpu_ns"] / 1e9 / n["wall_s"],
+                "bare_us_per_wakeup": b["cpu_ns"] / 1e3 / b["wakeups"],
+                "greenml_us_per_wakeup": g["cpu_ns"] / 1e3 / max(g["wakeups"], 1),
+                "nosource_us_per_wakeup": n["cpu_ns"] / 1e3 / max(n["wakeups"], 1),
+            }
+            row["ratio"] = row["greenml_pct"] / row["bare_pct"]
+            row["nosource_ratio"] = row["nosource_pct"] / row["bare_pct"]
+            rows.setdefault(label, []).append(row)
         for mode in ("closed", "open"):
             r = run_json([py, "-c", IDLE_CODE, mode, str(args.idle_seconds)], env)
             rows.setdefault(f"idle, meter {mode}", []).append(
@@ -186,15 +190,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         f"command: `python benchmarks/wakeup_floor.py --seconds {args.seconds:g} "
         f"--idle-seconds {args.idle_seconds:g} --rounds {args.rounds}`.",
         "",
-        "| rate | bare loop, % of a core | greenml sampler (4 RAPL zones), % | ratio "
-        "| bare us/wake-up | greenml us/wake-up |",
-        "|---|---|---|---|---|---|",
+        "| rate | bare loop, % of a core | sampler, no source, % (ratio) "
+        "| sampler, 4 RAPL zones, % (ratio) | us per wake-up: bare / no source / 4 zones |",
+        "|---|---|---|---|---|",
     ]
     for label in rates:
         m = med[label]
         lines.append(
-            f"| {label} | {m['bare_pct']:.3f} | {m['greenml_pct']:.3f} | {m['ratio']:.2f}x "
-            f"| {m['bare_us_per_wakeup']:.1f} | {m['greenml_us_per_wakeup']:.1f} |"
+            f"| {label} | {m['bare_pct']:.3f} | {m['nosource_pct']:.3f} "
+            f"({m['nosource_ratio']:.2f}x) | {m['greenml_pct']:.3f} ({m['ratio']:.2f}x) "
+            f"| {m['bare_us_per_wakeup']:.1f} / {m['nosource_us_per_wakeup']:.1f} / "
+            f"{m['greenml_us_per_wakeup']:.1f} |"
         )
     lines += [
         "",

@@ -12,6 +12,7 @@
 #include <cstdio>
 #include <memory>
 #include <mutex>
+#include <new>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -95,6 +96,12 @@ class FakeSource final : public Source {
   }
   [[nodiscard]] std::string name() const override { return "fake"; }
   [[nodiscard]] std::int64_t max_safe_period_ns() const noexcept override { return max_safe_period_ns_; }
+  // The parent's sampler thread may hold this source's lock at fork (it takes it after every
+  // read): the child, where that thread does not exist, gets fresh ones.
+  void after_fork_in_child() noexcept override {
+    new (&mutex_) std::mutex();
+    new (&cv_) std::condition_variable();
+  }
 
   void set(std::size_t i, std::uint64_t v) { values_[i].store(v); }
   void set_failing(std::size_t i, bool failing) { failing_[i].store(failing); }
@@ -668,7 +675,7 @@ TEST_CASE("sampler: paused, it pushes nothing but keeps reading often enough to 
   std::uint64_t before_pause = 0;
   {
     std::int64_t t;
-    std::vector<std::uint64_t> v(1);
+    std::vector<std::uint64_t> v(s.layout().width);
     REQUIRE(s.ring().read(head_paused - 1, 1, &t, v.data()).copied == 1);
     before_pause = v[0];
   }
