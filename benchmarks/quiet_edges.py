@@ -82,7 +82,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     m = greenml.Meter(runtime=rt, sync_cuda=False)
                     with m:
                         time.sleep(length)
-                    r = m.result()
+                    r = m.result(wait=True)  # the settled, final result
                 a, b = meter_window_ns(m)
                 truth = {d: writer.true_energy_j(z, a, b) for d, (z, _) in RAPL_ZONES.items()}
                 truth["gpu:0"] = nvml_true_energy_j(GPU_PROFILE, t_gpu, a, b)

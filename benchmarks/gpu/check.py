@@ -709,7 +709,7 @@ class Check:
                                 meters.append((L, m))
                                 time.sleep(0.05)
                         time.sleep(0.4)  # let the last counter update arrive
-                        results = [(L, m, m.result()) for L, m in meters]
+                        results = [(L, m, m.result(wait=True)) for L, m in meters]
             finally:
                 if self.load is not None:
                     self.load.stop()
@@ -801,7 +801,7 @@ class Check:
                 load.run_for(10.0 * self.scale)
             e1 = nv.energy_mj(self.nvml_index)
             n = load.matmuls - n0
-            r = m.result()
+            r = m.result(wait=True)
         finally:
             rt.stop()
         tflops = n * load.flop / r.duration_s / 1e12

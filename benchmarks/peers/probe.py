@@ -193,7 +193,7 @@ class Greenml(Adapter):
         return self.m
 
     def read(self, m: Any) -> Dict[str, Optional[float]]:
-        bd = m.by_domain
+        bd = m.result(wait=True).by_domain  # the settled result, as the other tools' final reads
         return {"package": bd.get("package:0"), "dram": bd.get("dram:0"), "gpu": bd.get("gpu:0")}
 
     def describe(self) -> Dict[str, Any]:

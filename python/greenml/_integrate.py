@@ -332,7 +332,9 @@ class CounterCurve(_Curve):
     written no earlier than ``t_i - U``. So ``tau_k`` lies in ``[lo_k, hi_k]`` with
     ``hi_k = t_i`` and ``lo_k = max(t_{i-1}, t_i - U)``. The estimate is the middle of
     ``[t_i - min(gap_i, U_est), t_i]``, where ``U_est`` is the estimated update period (the
-    hint if smaller), so a long hole in the trace does not push an estimate far back. The first
+    hint if smaller), so a long hole in the trace does not push an estimate far back; and when
+    the next update is pinned by close samples, a knot ending a hole sits one period before it
+    (updates are periodic). The first
     sample's value was written before it: a virtual knot is placed one period before the first
     real one (but not after the first sample).
 
@@ -377,6 +379,19 @@ class CounterCurve(_Curve):
         g = gaps[knots - 1]
         lo = np.maximum(t[knots - 1], hi - u_max)
         tau = hi - np.minimum(g, u_est) / 2.0
+        if knots.size > 1:
+            # A knot that ends a hole in the trace (the sampler idled between window edges) may
+            # have updated anywhere in the hole. When the next update is pinned by close samples
+            # and updates come every U_est, one period before that next update is the better
+            # estimate; it stays inside [lo, hi], so the bound below is unchanged.
+            cand = tau[1:] - u_est
+            use = (
+                (g[:-1] > 2.0 * u_est)
+                & (g[1:] <= u_est)
+                & (cand >= lo[:-1])
+                & (cand <= hi[:-1])
+            )
+            tau[:-1] = np.where(use, cand, tau[:-1])
         if knots.size:
             tau_v = max(min(t[0], tau[0] - u_est), t[0] - u_max)
         else:

@@ -722,7 +722,8 @@ class Meter:
         spans = self.phase_spans_s()
         for name, ph in self.phases.items():
             self._log.write({**ph.to_dict(), **base, "spans_s": spans.get(name, [])})
-        rec = {**self.result().to_dict(), **base, "steps": self.steps.to_dict()}
+        # Records on disk are final: the log waits for the counter update covering the end.
+        rec = {**self.result(wait=True).to_dict(), **base, "steps": self.steps.to_dict()}
         from ._forecast import steps_profile
 
         profile = steps_profile(self)  # the ordered step profile, for `greenml forecast LOG`
@@ -776,7 +777,7 @@ def idle_baseline(seconds: float = 10.0, *, runtime: Optional[Runtime] = None) -
     m = Meter("idle", runtime=rt, sync_cuda=True)
     with m:
         time.sleep(seconds)
-    r = m.result()
+    r = m.result(wait=True)
     if not rt.channels:
         raise SensorError(
             "no domain can be measured or estimated here, so there is no idle power to measure; "

@@ -431,12 +431,6 @@ def _cmd_forecast(args: argparse.Namespace) -> int:
     return 0
 
 
-_NO_ESTIMATE_HELP = (
-    "measured numbers only: no cpu:estimated / dram:estimated where no counter exists "
-    "(as GREENML_ESTIMATE=off)"
-)
-
-
 def _cmd_estimate(args: argparse.Namespace) -> int:
     from ._estimate import Estimator
 
@@ -471,6 +465,12 @@ def _cmd_estimate(args: argparse.Namespace) -> int:
     )
     print(json.dumps(r.to_dict(), indent=2) if args.json else r.describe())
     return 0
+
+
+_NO_ESTIMATE_HELP = (
+    "measured numbers only: no cpu:estimated / dram:estimated where no counter exists "
+    "(as GREENML_ESTIMATE=off)"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
