@@ -96,7 +96,6 @@ SHIM_EXPORT nvmlReturn_t nvmlSystemGetCudaDriverVersion_v2(int* v) {
 PUT_UINT(nvmlDeviceGetIndex, d->index)
 PUT_UINT(nvmlDeviceGetMinorNumber, d->index)
 PUT_UINT(nvmlDeviceGetArchitecture, 9u) /* NVML_DEVICE_ARCH_HOPPER */
-PUT_UINT(nvmlDeviceGetEnforcedPowerLimit, 700000u)
 PUT_UINT(nvmlDeviceGetPowerManagementLimit, 700000u)
 PUT_UINT(nvmlDeviceGetPowerManagementDefaultLimit, 700000u)
 PUT_UINT(nvmlDeviceGetPersistenceMode, 1u)
@@ -107,17 +106,6 @@ PUT_UINT(nvmlDeviceGetCurrPcieLinkWidth, 16u)
 PUT_UINT(nvmlDeviceGetMaxPcieLinkWidth, 16u)
 PUT_UINT(nvmlDeviceGetFanSpeed, 0u)
 PUT_UINT(nvmlDeviceGetPerformanceState, 0u)
-
-SHIM_EXPORT nvmlReturn_t nvmlDeviceGetPowerManagementLimitConstraints(nvmlDevice_t d,
-                                                                      unsigned int* min_mw,
-                                                                      unsigned int* max_mw) {
-  nvmlReturn_t rc = check_out(d, min_mw);
-  if (rc != OK) return rc;
-  if (max_mw == NULL) return INVALID_ARGUMENT;
-  *min_mw = 200000u;
-  *max_mw = 700000u;
-  return OK;
-}
 
 SHIM_EXPORT nvmlReturn_t nvmlDeviceGetTemperature(nvmlDevice_t d, int sensor, unsigned int* t) {
   (void)sensor;
@@ -130,16 +118,6 @@ SHIM_EXPORT nvmlReturn_t nvmlDeviceGetClockInfo(nvmlDevice_t d, int type, unsign
 }
 SHIM_EXPORT nvmlReturn_t nvmlDeviceGetMaxClockInfo(nvmlDevice_t d, int type, unsigned int* mhz) {
   return nvmlDeviceGetClockInfo(d, type, mhz);
-}
-
-SHIM_EXPORT nvmlReturn_t nvmlDeviceGetCudaComputeCapability(nvmlDevice_t d, int* major,
-                                                            int* minor) {
-  nvmlReturn_t rc = check_out(d, major);
-  if (rc != OK) return rc;
-  if (minor == NULL) return INVALID_ARGUMENT;
-  *major = 9;
-  *minor = 0;
-  return OK;
 }
 
 /* nvmlMemory_t: total, free, used (bytes). */
@@ -203,21 +181,8 @@ SHIM_EXPORT nvmlReturn_t nvmlDeviceGetSerial(nvmlDevice_t d, char* out, unsigned
   return put_string(buf, out, length);
 }
 
-SHIM_EXPORT nvmlReturn_t nvmlDeviceGetHandleByUUID(const char* uuid, nvmlDevice_t* device) {
-  unsigned int n = 0;
-  char buf[96];
-  if (uuid == NULL || device == NULL) return INVALID_ARGUMENT;
-  if (nvmlDeviceGetCount_v2(&n) != OK) return UNINITIALIZED;
-  for (unsigned int i = 0; i < n; ++i) {
-    nvmlDevice_t d;
-    if (nvmlDeviceGetHandleByIndex_v2(i, &d) != OK) continue;
-    if (nvmlDeviceGetUUID(d, buf, sizeof buf) == OK && strcmp(buf, uuid) == 0) {
-      *device = d;
-      return OK;
-    }
-  }
-  return 6; /* NVML_ERROR_NOT_FOUND */
-}
+/* The fake itself implements the power limits, compute capability, PCI info and lookup by UUID
+   (greenml reads them); this file adds only what the peers call beyond those. */
 
 /* Things a real driver may not support either: callers handle NOT_SUPPORTED. */
 #define UNSUPPORTED(fn) \
@@ -225,7 +190,6 @@ SHIM_EXPORT nvmlReturn_t nvmlDeviceGetHandleByUUID(const char* uuid, nvmlDevice_
 UNSUPPORTED(nvmlDeviceGetFieldValues)
 UNSUPPORTED(nvmlDeviceGetC2cModeInfoV)
 UNSUPPORTED(nvmlDeviceGetTemperatureV)
-UNSUPPORTED(nvmlDeviceGetPciInfo_v3)
 UNSUPPORTED(nvmlDeviceGetPciInfo)
 UNSUPPORTED(nvmlDeviceGetSupportedMemoryClocks)
 UNSUPPORTED(nvmlDeviceGetSupportedGraphicsClocks)
