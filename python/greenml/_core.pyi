@@ -4,8 +4,6 @@ Native energy sampling core of greenml (sources, sampler, ring buffer).
 
 from __future__ import annotations
 import collections.abc
-import numpy
-import numpy.typing
 import typing
 
 class ChannelInfo:

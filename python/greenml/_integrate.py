@@ -385,12 +385,7 @@ class CounterCurve(_Curve):
             # and updates come every U_est, one period before that next update is the better
             # estimate; it stays inside [lo, hi], so the bound below is unchanged.
             cand = tau[1:] - u_est
-            use = (
-                (g[:-1] > 2.0 * u_est)
-                & (g[1:] <= u_est)
-                & (cand >= lo[:-1])
-                & (cand <= hi[:-1])
-            )
+            use = (g[:-1] > 2.0 * u_est) & (g[1:] <= u_est) & (cand >= lo[:-1]) & (cand <= hi[:-1])
             tau[:-1] = np.where(use, cand, tau[:-1])
         if knots.size:
             tau_v = max(min(t[0], tau[0] - u_est), t[0] - u_max)
