@@ -285,3 +285,22 @@ def test_given_calls_then_a_quiet_time_longer_than_the_ring_when_reading_then_en
     # Then: each call kept its energy (the settler resolved it in time), none reads 0 J
     truth = TOTAL_W * sum(durations)
     assert total == pytest.approx(truth, rel=0.15)
+
+
+def test_given_more_calls_than_records_when_percentiles_read_then_they_cover_all_calls(rt):
+    # Given: 10 slow calls first (a warm-up), then 90 fast ones, with room for 10 records
+    @greenml.measure("mixed", runtime=rt, sync_cuda=False, max_records=10)
+    def work(seconds: float) -> None:
+        time.sleep(seconds)
+
+    for _ in range(10):
+        work(0.02)
+    for _ in range(90):
+        work(0.001)
+
+    # Then: the median is that of all 100 calls (a fast one), not of the first ten (slow ones)
+    stats = work.energy
+    assert stats.calls == 100
+    slow_call_j = TOTAL_W * 0.02
+    assert stats.percentile_j(50) < slow_call_j / 4
+    assert stats.percentile_j(100) <= stats.total_j

@@ -23,6 +23,7 @@ from . import _carbon
 from ._meter import sync_cuda as _sync_cuda
 from ._records import RecordLog, new_run_id
 from ._runtime import Runtime, default_runtime
+from ._steps import Reservoir
 from ._windows import PendingWindows
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -59,8 +60,7 @@ class CallStats:
         self._lock = threading.Lock()
         self._pending: Optional[PendingWindows] = None
         self._mask = np.zeros(0, dtype=bool)
-        self._energies = np.empty(0)
-        self._durations = np.empty(0)
+        self._reservoir = Reservoir(max_records)
         self._max = max_records
         self._calls = 0
         self._total_j = 0.0
@@ -108,10 +108,7 @@ class CallStats:
             self._total_j += float(e.sum())
             self._total_s += float(d.sum())
             self._uncertainty_j += float(u.sum())
-            room = max(0, self._max - self._energies.size)
-            if room:
-                self._energies = np.concatenate([self._energies, e[:room]])
-                self._durations = np.concatenate([self._durations, d[:room]])
+            self._reservoir.add(e, d)  # percentiles over all calls, not the first ones
         if self._log is not None:
             domains = [c.domain for c in rt.channels]
             measured = {c.domain: c.measured for c in rt.channels}
@@ -160,9 +157,10 @@ class CallStats:
         return self.total_j / self.calls if self.calls else math.nan
 
     def percentile_j(self, q: float) -> float:
-        """Percentile ``q`` (0-100) of energy per call (over the first ``max_records`` calls)."""
+        """Percentile ``q`` (0-100) of energy per call, from a uniform sample of at most
+        ``max_records`` of all the calls (not the first ones: no warm-up bias)."""
         self.flush()
-        return float(np.percentile(self._energies, q)) if self._energies.size else math.nan
+        return self._reservoir.percentile(q)
 
     @property
     def co2e_g(self) -> float:
@@ -315,7 +313,7 @@ def _forget_in_child() -> None:
             s._pending = PendingWindows(s._rt, s._resolved) if s._rt is not None else None
         s._run_id = new_run_id()
         s._calls, s._total_j, s._total_s, s._uncertainty_j, s.errors = 0, 0.0, 0.0, 0.0, 0
-        s._energies, s._durations = np.empty(0), np.empty(0)
+        s._reservoir = Reservoir(s._max)
 
 
 os.register_at_fork(after_in_child=_forget_in_child)

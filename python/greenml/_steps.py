@@ -193,6 +193,55 @@ class OrderedRecord:
         return c, e.copy(), d.copy()
 
 
+class Reservoir:
+    """A uniform sample of at most ``size`` (energy, duration) pairs over everything added:
+    every item has the same chance to be kept, however long the run (algorithm R,
+    vectorised). Used for step and call percentiles, so neither is biased to the warm-up."""
+
+    __slots__ = ("_d", "_e", "_rng", "_seed", "seen", "size")
+
+    def __init__(self, size: int, seed: int = 0) -> None:
+        if size < 1:
+            raise ValueError("max_records must be >= 1")
+        self.size = size
+        self.seen = 0
+        self._e = np.empty(0)
+        self._d = np.empty(0)
+        self._seed = seed
+        self._rng: Optional[np.random.Generator] = None  # created when the reservoir is full
+
+    def add(self, e: np.ndarray, d: np.ndarray) -> None:
+        seen = self.seen
+        self.seen += e.size
+        room = max(0, self.size - self._e.size)
+        if room:
+            self._e = np.concatenate([self._e, e[:room]])
+            self._d = np.concatenate([self._d, d[:room]])
+        rest = np.arange(room, e.size)
+        if rest.size:
+            if self._rng is None:
+                self._rng = np.random.default_rng(self._seed)
+            positions = seen + rest  # 0-based index of each item in the whole run
+            j = (self._rng.random(rest.size) * (positions + 1)).astype(np.int64)
+            hit = j < self.size
+            self._e[j[hit]] = e[rest[hit]]
+            self._d[j[hit]] = d[rest[hit]]
+
+    @property
+    def energies(self) -> np.ndarray:
+        return self._e
+
+    @property
+    def durations(self) -> np.ndarray:
+        return self._d
+
+    def percentile(self, q: float) -> float:
+        """Percentile ``q`` (0-100) of the kept energies; NaN when nothing was kept."""
+        if not 0 <= q <= 100:
+            raise ValueError(f"q={q!r}: give a percentile between 0 and 100")
+        return float(np.percentile(self._e, q)) if self._e.size else math.nan
+
+
 class StepStats:
     """Statistics of the steps marked by ``Meter.step()``: energies in joules, durations in
     seconds, totals over the non-overlapping domains."""
@@ -208,11 +257,7 @@ class StepStats:
         self.energy = _Running()
         self.duration = _Running()
         self.uncertainty_j = 0.0
-        self._max = max_records
-        self._res_e = np.empty(0)
-        self._res_d = np.empty(0)
-        self._seed = seed
-        self._rng: Optional[np.random.Generator] = None  # created when the reservoir is full
+        self._reservoir = Reservoir(max_records, seed)
         self.ordered = OrderedRecord()
         # Called with this object after each resolved batch (off the step() path); exceptions
         # are the callee's to keep.
@@ -262,25 +307,10 @@ class StepStats:
             self.on_batch(self)
 
     def _record(self, e: np.ndarray, d: np.ndarray) -> None:
-        seen = self.energy.n
         self.energy.add(e)
         self.duration.add(d)
         self.ordered.add(e, d)
-        # Reservoir sampling (algorithm R, vectorised): every step has the same chance to be
-        # kept, whatever the run's length.
-        room = max(0, self._max - self._res_e.size)
-        if room:
-            self._res_e = np.concatenate([self._res_e, e[:room]])
-            self._res_d = np.concatenate([self._res_d, d[:room]])
-        rest = np.arange(room, e.size)
-        if rest.size:
-            if self._rng is None:
-                self._rng = np.random.default_rng(self._seed)
-            positions = seen + rest  # 0-based index of each step in the whole run
-            j = (self._rng.random(rest.size) * (positions + 1)).astype(np.int64)
-            hit = j < self._max
-            self._res_e[j[hit]] = e[rest[hit]]
-            self._res_d[j[hit]] = d[rest[hit]]
+        self._reservoir.add(e, d)
 
     # -- results ---------------------------------------------------------------------------
 
@@ -306,18 +336,16 @@ class StepStats:
 
     def percentile_j(self, q: float) -> float:
         """Percentile ``q`` (0-100) of step energy, from the uniform reservoir."""
-        if self._res_e.size == 0:
-            return math.nan
-        return float(np.percentile(self._res_e, q))
+        return self._reservoir.percentile(q)
 
     @property
     def energies_j(self) -> np.ndarray:
         """The kept step energies (all of them up to ``max_records``, else a uniform sample)."""
-        return self._res_e.copy()
+        return self._reservoir.energies.copy()
 
     @property
     def durations_s(self) -> np.ndarray:
-        return self._res_d.copy()
+        return self._reservoir.durations.copy()
 
     def to_dict(self) -> Dict[str, Any]:
         if not self.count:
@@ -334,7 +362,7 @@ class StepStats:
             "p99_j": self.percentile_j(99),
             "mean_duration_s": self.mean_duration_s,
             "uncertainty_j": self.uncertainty_j,
-            "records_kept": int(self._res_e.size),
+            "records_kept": int(self._reservoir.energies.size),
         }
         # JSON has no NaN: unknown energies (nothing measurable) are written as null.
         return {
