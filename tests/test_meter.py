@@ -556,3 +556,23 @@ def test_given_long_window_when_read_then_default_waits_and_result_is_final(writ
         time.sleep(0.7)  # the ~28 ms settle lag is under 5% of it: waiting is cheap
     r = m.result()
     assert r.settled and m.result() is r
+
+
+def test_given_a_hundred_thousand_phase_repeats_when_read_then_exact_count_and_bounded_spans(
+        writer, rt):
+    # Given: one phase entered and left 100k times (a per-step phase in a long run)
+    with greenml.meter(runtime=rt, sync_cuda=False) as m:
+        for _ in range(100_000):
+            with m.phase("step", items=2):
+                pass
+
+    # Then: every repeat is counted and its items summed, the energy and duration add up, and
+    # only a bounded number of spans is kept
+    p = m.phases["step"]
+    assert p.count == 100_000 and p.items == 200_000
+    assert p.settled
+    spans = m.phase_spans_s()["step"]
+    assert len(spans) == greenml._meter.MAX_PHASE_SPANS
+    assert 0 < p.duration_s < m.duration_s
+    assert 0 <= p.energy_j <= m.energy_j + m.uncertainty_j
+    assert m._phase_totals["step"]._pending.__len__() == 0  # nothing left queued

@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 import warnings
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
@@ -23,6 +23,7 @@ from ._records import RecordLog, new_run_id
 from ._runtime import Runtime, default_runtime
 from ._steps import StepStats
 from ._windows import (
+    PendingWindows,
     Window,
     WindowResolver,
     close_window,
@@ -221,15 +222,14 @@ def _max_power_w(ch: Any) -> float:
     return p if p > 0 else _DEFAULT_MAX_POWER_W
 
 
-def partial_events(rt: Runtime, windows: List[Window]) -> Dict[str, List[Dict[str, Any]]]:
-    """Per domain, the sampler events that touch any of ``windows``: what, when (s from the
-    first window's start) and how long a stretch of unknown energy lies inside the windows."""
+def partial_events(rt: Runtime, spans: List[Tuple[int, int]]) -> Dict[str, List[Dict[str, Any]]]:
+    """Per domain, the sampler events that touch any of ``spans`` ([t0, t1] in ns): what, when
+    (s from the first span's start) and how long a stretch of unknown energy lies inside them."""
     events = rt.events()
-    if not events or not windows:
+    if not events or not spans:
         return {}
-    origin = windows[0].t0_ns
+    origin = spans[0][0]
     now = time.monotonic_ns()
-    spans = [(w.t0_ns, w.t1_ns if w.t1_ns is not None else now) for w in windows]
     # A failure lasts from the last good reading until the channel reads again (or now).
     stretches = []
     failing: Dict[str, Any] = {}
@@ -289,6 +289,50 @@ class _Phase:
         m._add_phase_window(self._name, self._window, self._items)
 
 
+#: Spans kept per phase name for logs and plots; later repeats are counted, not listed.
+MAX_PHASE_SPANS = 10_000
+
+
+class _PhaseTotals:
+    """All repeats of one phase name in bounded memory: closed repeats wait in compact arrays
+    until their counter updates arrive, then add into per-channel running sums. The first
+    MAX_PHASE_SPANS spans are kept (for logs, plots and fault events)."""
+
+    def __init__(self, rt: Runtime) -> None:
+        c = len(rt.channels)
+        self.energy_j = np.zeros(c)
+        self.uncertainty_j = np.zeros(c)
+        self.duration_s = 0.0
+        self.count = 0
+        self.settled = True
+        self.items: Optional[int] = None
+        self.spans: List[Tuple[int, int]] = []
+        self.repeats = 0  # closed repeats, resolved or not
+        self._lock = threading.Lock()
+        self._pending = PendingWindows(rt, self._resolved)
+
+    def add(self, w: Window, items: Optional[int]) -> None:
+        assert w.t1_ns is not None and w.idx1 is not None
+        with self._lock:
+            self.repeats += 1
+            if items is not None:
+                self.items = (self.items or 0) + items
+            if len(self.spans) < MAX_PHASE_SPANS:
+                self.spans.append((w.t0_ns, w.t1_ns))
+        self._pending.add(w.t0_ns, w.t1_ns, w.idx0, w.idx1)
+
+    def _resolved(self, t0: np.ndarray, t1: np.ndarray, res: Any) -> None:
+        with self._lock:  # called by one resolver at a time; readers take the lock too
+            self.energy_j += res.energy_j.sum(axis=0)
+            self.uncertainty_j += res.uncertainty_j.sum(axis=0)
+            self.duration_s += float((t1 - t0).sum()) / 1e9
+            self.count += int(t0.size)
+            self.settled = self.settled and bool(res.settled.all())
+
+    def flush(self, final: bool) -> None:
+        self._pending.flush(final=final)
+
+
 class Meter:
     """Measures the energy of a block: ``with greenml.meter("train") as m: ...``.
 
@@ -340,9 +384,7 @@ class Meter:
         self._pid = os.getpid()
         self._forked_copy = False
         self._t_start_unix: Optional[float] = None
-        self._phase_windows: Dict[str, List[Window]] = {}
-        self._phase_items: Dict[str, int] = {}
-        self._phase_cache: Dict[str, Measurement] = {}
+        self._phase_totals: Dict[str, _PhaseTotals] = {}  # in the order phases first ran
         self._max_step_records = max_step_records
         self._steps_value: Optional[StepStats] = None  # created on the first step()
         self._forecast_watch: Optional[Any] = None  # see log_forecast()
@@ -363,9 +405,7 @@ class Meter:
         self._result = None
         self._snapshot = None
         with self._lock:
-            self._phase_cache.clear()
-            self._phase_windows.clear()
-            self._phase_items.clear()
+            self._phase_totals.clear()
         self._steps_value = None
         self._run_id_value = None
         self._t_start_unix = time.time()
@@ -446,10 +486,10 @@ class Meter:
 
     def _add_phase_window(self, name: str, w: Window, items: Optional[int]) -> None:
         with self._lock:
-            self._phase_windows.setdefault(name, []).append(w)
-            if items is not None:
-                self._phase_items[name] = self._phase_items.get(name, 0) + items
-            self._phase_cache.pop(name, None)
+            totals = self._phase_totals.get(name)
+            if totals is None:
+                totals = self._phase_totals[name] = _PhaseTotals(self._rt)
+        totals.add(w, items)
 
     def step(self) -> None:
         """Marks a step boundary (the end of one step and the start of the next)."""
@@ -511,7 +551,7 @@ class Meter:
         """
         if self._result is not None:
             return self._result
-        if self._forked_copy:
+        if self._forked_copy or (self._window is not None and self._pid != os.getpid()):
             raise GreenmlError(
                 "this meter was started in the parent process before a fork: its result is the "
                 "parent's; start a meter in this process to measure here"
@@ -524,7 +564,16 @@ class Meter:
             return self._snapshot
         w = self._current_window()
         res = self._resolver.resolve([w], settle=bool(wait) and stopped)
-        m = self._measurement(self.name, "meter", [w], res.energy_j, res.uncertainty_j, res)
+        m = self._measurement(
+            self.name,
+            "meter",
+            [(w.t0_ns, w.t1_ns or w.t0_ns)],
+            ((w.t1_ns or 0) - w.t0_ns) / 1e9,
+            1,
+            res.energy_j.sum(axis=0),
+            res.uncertainty_j.sum(axis=0),
+            bool(res.settled.all()),
+        )
         warn_short_windows(self._rt.channels, res, np.array([m.duration_s]))
         if stopped and m.settled:
             self._result = m
@@ -536,17 +585,19 @@ class Meter:
         self,
         name: Optional[str],
         kind: str,
-        windows: List[Window],
+        spans: List[Tuple[int, int]],
+        duration: float,
+        count: int,
         energy: np.ndarray,
         unc: np.ndarray,
-        res: Any,
+        settled: bool,
         items: Optional[int] = None,
     ) -> Measurement:
+        """A result from per-channel energies and uncertainties (J) over ``spans`` (ns)."""
         channels = self._rt.channels
-        duration = sum((w.t1_ns or 0) - w.t0_ns for w in windows) / 1e9
-        e = energy.sum(axis=0)
-        u = unc.sum(axis=0)
-        partial = partial_events(self._rt, windows)
+        e = np.array(energy, dtype=float)
+        u = np.array(unc, dtype=float)
+        partial = partial_events(self._rt, spans)
         for i, ch in enumerate(channels):
             # Energy between the last reading before a reset and the reset itself is not in
             # the counter: bound it by the channel's maximum power over that stretch.
@@ -571,12 +622,12 @@ class Meter:
             uncertainty_by_domain=unc_by_domain,
             in_total={ch.domain: ch.in_total for ch in channels},
             measured={ch.domain: ch.measured for ch in channels},
-            settled=bool(res.settled.all()),
+            settled=settled,
             intensity=self._intensity,
             pue=self._pue,
             baseline=self._baseline,
             items=items,
-            count=len(windows),
+            count=count,
             unavailable=unavailable,
             t_start_unix=self._t_start_unix,
             partial_domains=partial,
@@ -585,31 +636,33 @@ class Meter:
 
     @property
     def phases(self) -> Dict[str, Measurement]:
-        """Per phase name, the measurement summed over all its repeats."""
+        """Per phase name, the measurement summed over all its repeats (closed ones), in the
+        order the phases first ran. Waits for the last repeats' counter updates as a stopped
+        meter's result does; memory stays bounded however many repeats there are."""
+        if self._pid != os.getpid():
+            raise GreenmlError(
+                "this meter was started in the parent process before a fork: its phases are the "
+                "parent's; start a meter in this process to measure here"
+            )
         with self._lock:
-            pending = {
-                n: list(ws) for n, ws in self._phase_windows.items() if n not in self._phase_cache
-            }
-            items = dict(self._phase_items)
-        fresh: Dict[str, Measurement] = {}
-        if pending:
-            flat = [w for ws in pending.values() for w in ws]
-            res = self._resolver.resolve(flat, settle=self._settle)
-            at = 0
-            for n, ws in pending.items():
-                part = res.rows(slice(at, at + len(ws)))
-                at += len(ws)
-                meas = self._measurement(
-                    n, "phase", ws, part.energy_j, part.uncertainty_j, part, items=items.get(n)
+            all_totals = list(self._phase_totals.items())
+        out: Dict[str, Measurement] = {}
+        for name, acc in all_totals:
+            if self._settle:
+                acc.flush(final=True)
+            with acc._lock:
+                out[name] = self._measurement(
+                    name,
+                    "phase",
+                    list(acc.spans),
+                    acc.duration_s,
+                    acc.count,
+                    acc.energy_j,
+                    acc.uncertainty_j,
+                    acc.settled and acc.count == acc.repeats,
+                    items=acc.items,
                 )
-                fresh[n] = meas
-                if meas.settled and not self.running:
-                    with self._lock:
-                        if len(self._phase_windows[n]) == len(ws):
-                            self._phase_cache[n] = meas
-        with self._lock:
-            order = list(self._phase_windows)  # the order the phases first ran in
-        return {n: fresh.get(n) or self._phase_cache[n] for n in order}
+        return out
 
     @property
     def steps(self) -> StepStats:
@@ -711,10 +764,11 @@ class Meter:
         if w is None:
             return {}
         with self._lock:
-            return {
-                n: [[(p.t0_ns - w.t0_ns) / 1e9, ((p.t1_ns or p.t0_ns) - w.t0_ns) / 1e9] for p in ws]
-                for n, ws in self._phase_windows.items()
-            }
+            all_totals = list(self._phase_totals.items())
+        return {
+            n: [[(a - w.t0_ns) / 1e9, (b - w.t0_ns) / 1e9] for a, b in list(t.spans)]
+            for n, t in all_totals
+        }
 
     def _write_log(self) -> None:
         assert self._log is not None

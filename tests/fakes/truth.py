@@ -326,7 +326,8 @@ def meter_window_ns(m) -> Tuple[int, int]:
 
 def phase_windows_ns(m, name: str) -> list:
     """The CLOCK_MONOTONIC edges of every closed repeat of phase ``name`` of meter ``m``."""
-    return [(int(w.t0_ns), int(w.t1_ns)) for w in m._phase_windows.get(name, [])]
+    totals = m._phase_totals.get(name)
+    return [(int(a), int(b)) for a, b in totals.spans] if totals is not None else []
 
 
 def poll_until(predicate: Callable[[], T], timeout_s: float = 5.0, interval_s: float = 0.002,
