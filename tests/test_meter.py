@@ -576,3 +576,22 @@ def test_given_a_hundred_thousand_phase_repeats_when_read_then_exact_count_and_b
     assert 0 < p.duration_s < m.duration_s
     assert 0 <= p.energy_j <= m.energy_j + m.uncertainty_j
     assert m._phase_totals["step"]._pending.__len__() == 0  # nothing left queued
+
+
+def test_given_a_steps_loop_after_setup_when_read_then_setup_is_not_step_one(writer, rt):
+    # Given: 80 ms of setup, then a loop of 5 items of ~10 ms through m.steps(...)
+    with greenml.meter(runtime=rt, sync_cuda=False) as m:
+        time.sleep(0.08)
+        seen = []
+        for item in m.steps(range(5)):
+            time.sleep(0.01)
+            seen.append(item)
+    # Then: every item came through, one step each; the setup is reported, not in step 1
+    assert seen == [0, 1, 2, 3, 4]
+    steps = m.steps
+    assert steps.count == 5
+    assert 0.08 <= steps.setup_s < 0.08 + 0.05
+    assert steps.energies_j.max() < 0.5 * PEAK_W * 0.08  # no step holds the setup
+    (t0, t1) = meter_window_ns(m)
+    truth = sum(_truth(writer, t0 + int(steps.setup_s * 1e9), t1).values())
+    assert abs(steps.total_j - truth) <= steps.uncertainty_j + 1e-3

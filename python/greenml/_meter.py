@@ -666,7 +666,11 @@ class Meter:
 
     @property
     def steps(self) -> StepStats:
-        """Per-step statistics (energy and duration), bounded in memory."""
+        """Per-step statistics (energy and duration), bounded in memory.
+
+        Steps are marked by :meth:`step` (each call ends one step and starts the next; the
+        first starts with the meter) or by looping over ``m.steps(iterable)``, where the first
+        step starts with the loop and the setup before it is ``m.steps.setup_s``."""
         self._steps.flush(final=not self.running)
         return self._steps
 

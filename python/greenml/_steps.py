@@ -14,12 +14,15 @@ import os
 import threading
 import time
 import weakref
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple, TypeVar
 
 import numpy as np
 
+from ._errors import GreenmlError
 from ._runtime import Runtime
 from ._windows import PendingWindows
+
+T = TypeVar("T")
 
 # Objects whose locks and pending steps are reset in a forked child.
 _forkable: "weakref.WeakSet[Any]" = weakref.WeakSet()
@@ -257,6 +260,9 @@ class StepStats:
         self.energy = _Running()
         self.duration = _Running()
         self.uncertainty_j = 0.0
+        #: Seconds from the meter's start to the first step of an ``m.steps(...)`` loop.
+        self.setup_s: Optional[float] = None
+        self._origin_ns = 0
         self._reservoir = Reservoir(max_records, seed)
         self.ordered = OrderedRecord()
         # Called with this object after each resolved batch (off the step() path); exceptions
@@ -271,9 +277,30 @@ class StepStats:
         self._prev = None
 
     def begin(self, t0_ns: int, idx0: int) -> None:
-        """The meter started at ``t0_ns``; ``idx0`` is the ring index of a sample before it."""
+        """The meter started at ``t0_ns``; ``idx0`` is the ring index of a sample before it.
+        Without a loop wrapper, the first step starts here (it includes any setup)."""
         self._prev = t0_ns
         self._prev_idx = idx0
+        self._origin_ns = t0_ns
+
+    def __call__(self, iterable: Iterable[T]) -> Iterator[T]:
+        """``for batch in m.steps(loader): ...``: one step per item, marked for you.
+
+        The first step starts when the loop asks for its first item, so the setup before the
+        loop is not folded into step 1: it is reported as ``setup_s`` (seconds from the meter's
+        start). Each step covers fetching its item and the loop body; the time between an
+        earlier ``step()`` and the loop is no step at all."""
+        if self._prev is None:
+            raise GreenmlError("m.steps(...) needs a running meter: enter it with `with` first")
+        idx = self._rt.sampler.head - 1
+        t = time.monotonic_ns()
+        self._rt.edge(t)
+        if self.setup_s is None and self.count == 0 and len(self._pending) == 0:
+            self.setup_s = (t - self._origin_ns) / 1e9
+        self._prev, self._prev_idx = t, idx
+        for item in iterable:
+            yield item
+            self.mark()
 
     def mark(self) -> None:
         idx = self._rt.sampler.head - 1  # a sample before t: the next step's start index
@@ -362,6 +389,7 @@ class StepStats:
             "p99_j": self.percentile_j(99),
             "mean_duration_s": self.mean_duration_s,
             "uncertainty_j": self.uncertainty_j,
+            "setup_s": self.setup_s,
             "records_kept": int(self._reservoir.energies.size),
         }
         # JSON has no NaN: unknown energies (nothing measurable) are written as null.
