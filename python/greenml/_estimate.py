@@ -29,7 +29,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import platform
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -57,21 +56,9 @@ class HardwareMismatchError(EstimateError):
 
 def this_hardware(device: str = "cpu") -> str:
     """This machine's fingerprint as the study writes it (CPU model x logical CPUs)."""
-    try:
-        from .study._run import hardware_fingerprint
+    from .study._run import hardware_fingerprint
 
-        return str(hardware_fingerprint(device))
-    except ImportError:  # pragma: no cover - the study is part of the package
-        cpu = platform.processor() or platform.machine()
-        try:
-            with open("/proc/cpuinfo", encoding="utf-8") as f:
-                for line in f:
-                    if line.startswith("model name"):
-                        cpu = line.split(":", 1)[1].strip()
-                        break
-        except OSError:
-            pass
-        return f"{cpu} x{os.cpu_count() or 1}"
+    return str(hardware_fingerprint(device))
 
 
 # ------------------------------------------------------------------------------ features
