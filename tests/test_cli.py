@@ -941,7 +941,9 @@ def test_given_no_counter_when_demo_quick_then_it_writes_log_plot_and_trace(esti
     cpu_w = meter["by_domain"]["cpu:estimated"] / meter["duration_s"]
     # Per-vCPU model: at most the table's largest full-load figure (8.96 W) per CPU, never a
     # whole package's TDP; its uncertainty is the model's (at least +/-70 %), not the sampler's.
-    assert 0 < cpu_w <= 8.97 * (os.cpu_count() or 1)
+    # The quick demo's meter lasts about 0.2 s, so its edges (placed between counter readings)
+    # may add a few percent: allowed, 10 %; a TDP figure would be several times over.
+    assert 0 < cpu_w <= 1.1 * 8.97 * (os.cpu_count() or 1)
     assert meter["uncertainty_by_domain"]["cpu:estimated"] >= 0.7 * meter["by_domain"][
         "cpu:estimated"]
     assert "per-vCPU model" in meter["assumptions"]["cpu:estimated"]

@@ -37,6 +37,7 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from ._errors import GreenmlError
+from ._records import json_numbers
 
 #: Fewest full blocks after warm-up (and periodic steps) a forecast is made from.
 MIN_BLOCKS = 40
@@ -98,9 +99,7 @@ class Forecast:
         d = asdict(self)
         d["notes"] = list(self.notes)
         d["relative_error"] = self.relative_error
-        return {
-            k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()
-        }
+        return json_numbers(d)
 
     def describe(self) -> str:
         """A few lines for people: the total, its interval and how it was made."""

@@ -19,7 +19,7 @@ import numpy as np
 
 from . import _carbon
 from ._errors import GreenmlError, SensorError
-from ._records import RecordLog, new_run_id
+from ._records import RecordLog, json_number, new_run_id
 from ._runtime import Runtime, default_runtime
 from ._steps import StepStats
 from ._windows import (
@@ -260,10 +260,7 @@ def partial_events(rt: Runtime, spans: List[Tuple[int, int]]) -> Dict[str, List[
 
 
 def _num(x: Optional[float]) -> Optional[float]:
-    """JSON has no NaN: unknown numbers are written as null."""
-    if x is None or not math.isfinite(x):
-        return None
-    return float(x)
+    return json_number(None if x is None else float(x))
 
 
 class _Phase:
@@ -391,7 +388,6 @@ class Meter:
         self._result: Optional[Measurement] = None
         self._snapshot: Optional[Measurement] = None  # unsettled result of a stopped meter
         self._resolver_value: Optional[WindowResolver] = None
-        self._failed_at_start: Optional[List[int]] = None
 
     # -- lifecycle -------------------------------------------------------------------------
 

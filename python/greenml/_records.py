@@ -15,6 +15,7 @@ with a warning.
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import threading
@@ -30,6 +31,18 @@ ENV_LOG_FSYNC = "GREENML_LOG_FSYNC"
 
 _FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
 _logs: "weakref.WeakSet[RecordLog]" = weakref.WeakSet()
+
+
+def json_number(x: Any) -> Any:
+    """JSON has no NaN or infinity: an unknown float is written as null, anything else as is."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+def json_numbers(d: Dict[str, Any]) -> Dict[str, Any]:
+    """``d`` with every unknown float value written as null (one level deep)."""
+    return {k: json_number(v) for k, v in d.items()}
 
 
 def new_run_id() -> str:

@@ -19,6 +19,7 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple, TypeVar
 import numpy as np
 
 from ._errors import GreenmlError
+from ._records import json_numbers
 from ._runtime import Runtime
 from ._windows import PendingWindows
 
@@ -392,10 +393,8 @@ class StepStats:
             "setup_s": self.setup_s,
             "records_kept": int(self._reservoir.energies.size),
         }
-        # JSON has no NaN: unknown energies (nothing measurable) are written as null.
-        return {
-            k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()
-        }
+        # Unknown energies (nothing measurable) are written as null.
+        return json_numbers(d)
 
     def __len__(self) -> int:
         return self.count
