@@ -304,3 +304,41 @@ def test_given_more_calls_than_records_when_percentiles_read_then_they_cover_all
     slow_call_j = TOTAL_W * 0.02
     assert stats.percentile_j(50) < slow_call_j / 4
     assert stats.percentile_j(100) <= stats.total_j
+
+
+def test_given_broken_bookkeeping_when_calling_then_result_and_exceptions_pass_untouched(rt):
+    @greenml.measure("f", runtime=rt, sync_cuda=False)
+    def double(x: int) -> int:
+        if x < 0:
+            raise ValueError("negative")
+        return 2 * x
+
+    assert double(1) == 2
+    sampler, rt.sampler = rt.sampler, None  # greenml's own state breaks: measuring now fails
+    try:
+        with pytest.warns(RuntimeWarning, match="could not measure a call"):
+            assert double(3) == 6  # the function's result, untouched
+        with pytest.raises(ValueError, match="negative"):  # and its own exception, untouched
+            double(-1)
+    finally:
+        rt.sampler = sampler
+
+
+def test_given_log_that_becomes_unwritable_when_calling_then_results_are_untouched(
+        rt, tmp_path):
+    logdir = tmp_path / "logs"
+    logdir.mkdir()
+
+    @greenml.measure("g", runtime=rt, sync_cuda=False, log=str(logdir / "calls.jsonl"))
+    def g(x: int) -> int:
+        return x + 1
+
+    assert [g(k) for k in range(5)] == [1, 2, 3, 4, 5]
+    (logdir / "calls.jsonl").unlink()
+    logdir.rmdir()  # the log's directory disappears mid-run
+    with pytest.warns(RuntimeWarning, match="cannot write to the log"):
+        results = [g(k) for k in range(3000)]  # enough calls to resolve batches meanwhile
+        time.sleep(0.1)  # past the counters' settle time: the pending calls are ready
+        g.energy._pending.settle_aging()  # what the settler thread does: logs, and fails
+    assert results == list(range(1, 3001))
+    assert g.energy.calls == 3005  # every call still counted, once

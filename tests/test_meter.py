@@ -595,3 +595,15 @@ def test_given_a_steps_loop_after_setup_when_read_then_setup_is_not_step_one(wri
     (t0, t1) = meter_window_ns(m)
     truth = sum(_truth(writer, t0 + int(steps.setup_s * 1e9), t1).values())
     assert abs(steps.total_j - truth) <= steps.uncertainty_j + 1e-3
+
+
+def test_given_log_dir_removed_when_meter_stops_then_no_error_and_result_kept(rt, tmp_path):
+    logdir = tmp_path / "logs"
+    logdir.mkdir()
+    m = greenml.meter("gone", runtime=rt, sync_cuda=False, log=str(logdir / "m.jsonl")).start()
+    (logdir / "m.jsonl").unlink()
+    logdir.rmdir()
+    time.sleep(0.02)
+    with pytest.warns(RuntimeWarning, match="cannot write to the log"):
+        m.stop()  # never raises into the user's code
+    assert m.result(wait=True).energy_j > 0

@@ -13,6 +13,7 @@ import inspect
 import math
 import os
 import threading
+import warnings
 import weakref
 from time import monotonic_ns
 from typing import Any, Callable, Dict, Optional, TypeVar, Union, overload
@@ -188,47 +189,29 @@ class CallStats:
         return f"CallStats({self.name!r}: {d['calls']} calls, {d['total_j']:.4g} J)"
 
 
-def _wrap(func: F, stats: CallStats) -> F:
-    sync = stats._sync
+_warned_bookkeeping = False
 
-    if inspect.iscoroutinefunction(func):
 
-        @functools.wraps(func)
-        async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-            rt = stats._rt
-            if rt is None or not rt.is_running():
-                rt = stats.runtime()
-            if sync:
-                _sync_cuda()
-            idx = rt.sampler.head - 1
-            t0 = monotonic_ns()
-            rt.edge(t0)
-            demand = rt.needs_full_rate_in_windows
-            if demand:
-                rt.sampler.add_demand(1)
-            try:
-                return await func(*args, **kwargs)
-            except BaseException:
-                stats.errors += 1
-                raise
-            finally:
-                if sync:
-                    _sync_cuda()
-                if demand:
-                    rt.sampler.add_demand(-1)
-                t1 = monotonic_ns()
-                rt.edge(t1)
-                stats._pending.add(t0, t1, idx, rt.sampler.head)  # type: ignore[union-attr]
+def _bookkeeping_failed(exc: BaseException) -> None:
+    """greenml's own failure around a call: warned once, never raised into the call."""
+    global _warned_bookkeeping
+    if not _warned_bookkeeping:
+        _warned_bookkeeping = True
+        warnings.warn(
+            f"greenml could not measure a call ({exc!r}); the function ran and returned as "
+            "usual, the call is not counted (warned once)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
-        async_wrapper.energy = stats  # type: ignore[attr-defined]
-        return async_wrapper  # type: ignore[return-value]
 
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
+def _call_begins(stats: CallStats) -> Optional[tuple]:
+    """The start of one measured call: (runtime, ring index, t0, full-rate demand) or None."""
+    try:
         rt = stats._rt
         if rt is None or not rt.is_running():
             rt = stats.runtime()
-        if sync:
+        if stats._sync:
             _sync_cuda()
         idx = rt.sampler.head - 1
         t0 = monotonic_ns()
@@ -236,19 +219,55 @@ def _wrap(func: F, stats: CallStats) -> F:
         demand = rt.needs_full_rate_in_windows
         if demand:
             rt.sampler.add_demand(1)
+        return rt, idx, t0, demand
+    except Exception as exc:  # noqa: BLE001 - see _bookkeeping_failed
+        _bookkeeping_failed(exc)
+        return None
+
+
+def _call_ends(stats: CallStats, begun: Optional[tuple]) -> None:
+    if begun is None:
+        return
+    try:
+        rt, idx, t0, demand = begun
+        if stats._sync:
+            _sync_cuda()
+        if demand:
+            rt.sampler.add_demand(-1)
+        t1 = monotonic_ns()
+        rt.edge(t1)
+        stats._pending.add(t0, t1, idx, rt.sampler.head)  # type: ignore[union-attr]
+    except Exception as exc:  # noqa: BLE001 - see _bookkeeping_failed
+        _bookkeeping_failed(exc)
+
+
+def _wrap(func: F, stats: CallStats) -> F:
+    if inspect.iscoroutinefunction(func):
+
+        @functools.wraps(func)
+        async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+            begun = _call_begins(stats)
+            try:
+                return await func(*args, **kwargs)
+            except BaseException:
+                stats.errors += 1
+                raise
+            finally:
+                _call_ends(stats, begun)
+
+        async_wrapper.energy = stats  # type: ignore[attr-defined]
+        return async_wrapper  # type: ignore[return-value]
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        begun = _call_begins(stats)
         try:
             return func(*args, **kwargs)
         except BaseException:
             stats.errors += 1
             raise
         finally:
-            if sync:
-                _sync_cuda()
-            if demand:
-                rt.sampler.add_demand(-1)
-            t1 = monotonic_ns()
-            rt.edge(t1)
-            stats._pending.add(t0, t1, idx, rt.sampler.head)  # type: ignore[union-attr]
+            _call_ends(stats, begun)
 
     wrapper.energy = stats  # type: ignore[attr-defined]
     return wrapper  # type: ignore[return-value]

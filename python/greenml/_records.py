@@ -65,6 +65,7 @@ class RecordLog:
             fsync = parse_log_fsync(os.environ.get(ENV_LOG_FSYNC, ""))
         self.fsync = bool(fsync)
         self._lock = threading.Lock()
+        self._warned = False
         self._host = socket.gethostname()
         existed = os.path.exists(self.path)
         try:
@@ -82,20 +83,38 @@ class RecordLog:
             os.close(fd)
         _logs.add(self)
 
-    def write(self, record: Dict[str, Any]) -> None:
+    def write(self, record: Dict[str, Any]) -> bool:
+        """Appends one record; False when the file can no longer be written.
+
+        A log that becomes unwritable mid-run (directory removed, disk full, permissions) is
+        warned about once and its records are lost from then on, but the error never reaches
+        the code being measured: results in memory are unaffected."""
         rec = {"host": self._host, **record}
         line = (json.dumps(rec, separators=(",", ":"), allow_nan=False) + "\n").encode()
         with self._lock:
-            fd = os.open(self.path, _FLAGS, 0o644)
             try:
-                view = memoryview(line)
-                while view:
-                    n = os.write(fd, view)
-                    view = view[n:]
-                if self.fsync:
-                    os.fsync(fd)
-            finally:
-                os.close(fd)
+                fd = os.open(self.path, _FLAGS, 0o644)
+                try:
+                    view = memoryview(line)
+                    while view:
+                        n = os.write(fd, view)
+                        view = view[n:]
+                    if self.fsync:
+                        os.fsync(fd)
+                finally:
+                    os.close(fd)
+            except OSError as exc:
+                if not self._warned:
+                    self._warned = True
+                    warnings.warn(
+                        f"cannot write to the log {self.path!r} ({exc.strerror}): records are "
+                        "lost from now on while results in memory are kept; give a writable "
+                        "log=... (warned once per log)",
+                        RuntimeWarning,
+                        stacklevel=3,
+                    )
+                return False
+        return True
 
     def _after_fork_in_child(self) -> None:
         # Another thread may have held the lock at fork: it never releases it in the child.
