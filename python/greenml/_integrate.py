@@ -2,7 +2,10 @@
 
 This is the reporter half of greenml: it never touches the sampler. The meter hands it plain
 arrays read from the ring (plus its own synchronous edge readings) and gets back the energy of a
-window with a guaranteed error bound. Tests feed it hand-made and synthetic traces.
+window with its uncertainty: an interval that holds under stated assumptions (the peak power
+the trace shows, with a margin, bounds the power around the edges) and whose coverage is
+measured when they fail (benchmarks/results/adversarial.md). Tests feed it hand-made and
+synthetic traces.
 
 Two kinds of channel
 --------------------
@@ -92,9 +95,11 @@ class WindowEnergy:
     Attributes:
         t0_ns, t1_ns: the window, CLOCK_MONOTONIC nanoseconds.
         energy_j: best estimate of the energy spent in the window, joules.
-        uncertainty_j: a bound, not a standard deviation, in joules: under the channel's
-            stated assumptions (see :class:`CounterCurve` and :class:`PowerCurve`) the true
-            energy lies within ``energy_j +/- uncertainty_j``.
+        uncertainty_j: an interval half-width, not a standard deviation, in joules: under the
+            channel's stated assumptions (see :class:`CounterCurve` and :class:`PowerCurve`)
+            the true energy lies within ``energy_j +/- uncertainty_j``. The peak power is
+            estimated from the trace, so power that changes faster than the counter updates
+            can break it: its coverage under such bursts is measured, not guaranteed.
         settled: False while the trace does not yet cover the window's end (the counter update
             covering it has not been observed, or no power sample follows it); the estimate is
             then extrapolated at the recent power and may change when more samples arrive.

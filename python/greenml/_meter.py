@@ -707,7 +707,11 @@ class Meter:
     duration_s = property(lambda self: self.result().duration_s, doc="Wall time (s).")
     mean_power_w = property(lambda self: self.result().mean_power_w, doc="Mean power (W).")
     co2e_g = property(lambda self: self.result().co2e_g, doc="Grams CO2e.")
-    uncertainty_j = property(lambda self: self.result().uncertainty_j, doc="Error bound (J).")
+    uncertainty_j = property(
+        lambda self: self.result().uncertainty_j,
+        doc="Uncertainty (J): the true energy lies within energy_j +/- this (measured coverage "
+        "in the README).",
+    )
     measured = property(
         lambda self: self.result().measured, doc="Per domain: measured (True) or estimated."
     )

@@ -187,13 +187,17 @@ static nvmlReturn_t check_device(nvmlDevice_t device) {
 struct profile {
   double base_w, amp_w, freq_hz, update_ms;
   long long t0_ns;
+  double burst_w, burst_period_ms, burst_width_ms; /* optional: 0 0 0 = none */
 };
 
 static int read_profile(unsigned int index, struct profile* p) {
   char buf[256];
   if (!read_device_file(index, "profile", buf, sizeof buf)) return 0;
-  return sscanf(buf, "%lf %lf %lf %lf %lld", &p->base_w, &p->amp_w, &p->freq_hz, &p->update_ms,
-                &p->t0_ns) == 5;
+  p->burst_w = p->burst_period_ms = p->burst_width_ms = 0.0;
+  const int n = sscanf(buf, "%lf %lf %lf %lf %lld %lf %lf %lf", &p->base_w, &p->amp_w,
+                       &p->freq_hz, &p->update_ms, &p->t0_ns, &p->burst_w, &p->burst_period_ms,
+                       &p->burst_width_ms);
+  return n == 5 || n == 8;
 }
 
 static long long monotonic_ns(void) {
@@ -205,8 +209,15 @@ static long long monotonic_ns(void) {
 /* Energy (J) from t0 to t0 + tau seconds; see the header comment. */
 static double profile_energy_j(const struct profile* p, double tau) {
   const double two_pi = 6.283185307179586;
-  if (p->freq_hz == 0.0) return p->base_w * tau;
-  return p->base_w * tau +
+  double burst = 0.0;
+  /* Optional bursts: burst_w for the first burst_width_ms of every burst_period_ms. */
+  if (p->burst_w > 0.0 && p->burst_period_ms > 0.0 && tau > 0.0) {
+    const double period = p->burst_period_ms / 1e3, width = p->burst_width_ms / 1e3;
+    const double k = floor(tau / period), r = tau - k * period;
+    burst = p->burst_w * (k * width + (r < width ? r : width));
+  }
+  if (p->freq_hz == 0.0) return p->base_w * tau + burst;
+  return p->base_w * tau + burst +
          p->amp_w / (two_pi * p->freq_hz) * (1.0 - cos(two_pi * p->freq_hz * tau));
 }
 

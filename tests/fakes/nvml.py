@@ -303,18 +303,23 @@ class FakeNvml:
             self._write(f"{index}/{kind}_error", int(code))
 
     def set_profile(self, index: int, base_w: float, amp_w: float = 0.0, freq_hz: float = 0.0,
-                    update_ms: float = 100.0, t0_ns: Optional[int] = None) -> int:
+                    update_ms: float = 100.0, t0_ns: Optional[int] = None,
+                    burst: Optional[Tuple[float, float, float]] = None) -> int:
         """Drive energy and power from time; returns t0_ns (default: now).
 
         Keep base_w >= abs(amp_w) so the counter never goes backwards. Use
-        profile_energy_mj / profile_power_mw / profile_true_energy_j for truth.
+        profile_energy_mj / profile_power_mw / profile_true_energy_j for truth. ``burst`` =
+        (watts, period_ms, width_ms) adds that power for the first width_ms of every period_ms
+        (truth: ``fakes.truth.nvml_true_energy_j(..., burst=...)``).
         """
         self._check(index)
         if base_w < abs(amp_w):
             raise ValueError("base_w must be >= abs(amp_w): power cannot go negative")
         if t0_ns is None:
             t0_ns = time_ns_monotonic()
-        self._write(f"{index}/profile", f"{base_w!r} {amp_w!r} {freq_hz!r} {update_ms!r} {int(t0_ns)}")
+        extra = "" if burst is None else " " + " ".join(repr(float(x)) for x in burst)
+        self._write(f"{index}/profile",
+                    f"{base_w!r} {amp_w!r} {freq_hz!r} {update_ms!r} {int(t0_ns)}{extra}")
         self._profiles[index] = dict(base_w=base_w, amp_w=amp_w, freq_hz=freq_hz,
                                      update_ms=update_ms)
         return int(t0_ns)

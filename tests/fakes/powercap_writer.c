@@ -14,6 +14,10 @@
  *              E(tau) = BASE_W tau + AMP_W / (2 pi FREQ_HZ) (1 - cos(2 pi FREQ_HZ tau))
  *              (BASE_W tau when FREQ_HZ == 0); keep BASE_W >= |AMP_W|.
  *
+ * POWERCAP_WRITER_BURST="BURST_W,PERIOD_MS,WIDTH_MS" (optional, every zone) adds BURST_W for
+ * the first WIDTH_MS of every PERIOD_MS (from T0_NS): adversarial power that changes faster
+ * than a counter updates. E gains BURST_W (floor(tau / P) W + min(tau mod P, W)).
+ *
  * At every update instant t (deadlines T0_NS + k * UPDATE_US, slept to with
  * clock_nanosleep(TIMER_ABSTIME)) each zone's energy_uj becomes
  *
@@ -82,10 +86,20 @@ static int64_t now_ns(void) {
   return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
+static double g_burst_w = 0.0, g_burst_period_s = 0.0, g_burst_width_s = 0.0;
+
+static double burst_energy_j(double tau) {
+  if (g_burst_w <= 0.0 || g_burst_period_s <= 0.0 || tau <= 0.0) return 0.0;
+  const double k = floor(tau / g_burst_period_s);
+  const double r = tau - k * g_burst_period_s;
+  return g_burst_w * (k * g_burst_width_s + (r < g_burst_width_s ? r : g_burst_width_s));
+}
+
 static double energy_j(const struct zone* z, double tau) {
   const double two_pi = 6.283185307179586;
-  if (z->freq_hz == 0.0) return z->base_w * tau;
-  return z->base_w * tau +
+  const double burst = burst_energy_j(tau);
+  if (z->freq_hz == 0.0) return z->base_w * tau + burst;
+  return z->base_w * tau + burst +
          z->amp_w / (two_pi * z->freq_hz) * (1.0 - cos(two_pi * z->freq_hz * tau));
 }
 
@@ -158,6 +172,16 @@ int main(int argc, char** argv) {
   prctl(PR_SET_PDEATHSIG, SIGTERM);
 #endif
   const char* root = argv[1];
+  const char* burst = getenv("POWERCAP_WRITER_BURST");
+  if (burst != NULL && *burst != '\0') {
+    double w = 0, p_ms = 0, width_ms = 0;
+    if (sscanf(burst, "%lf,%lf,%lf", &w, &p_ms, &width_ms) != 3 || w < 0 || p_ms <= 0 ||
+        width_ms < 0 || width_ms > p_ms)
+      die("bad POWERCAP_WRITER_BURST (want BURST_W,PERIOD_MS,WIDTH_MS)", burst);
+    g_burst_w = w;
+    g_burst_period_s = p_ms / 1e3;
+    g_burst_width_s = width_ms / 1e3;
+  }
   long long t0_ns, update_us;
   if (!parse_i64(argv[2], &t0_ns)) die("bad T0_NS", argv[2]);
   if (!parse_i64(argv[3], &update_us) || update_us <= 0) die("bad UPDATE_US", argv[3]);

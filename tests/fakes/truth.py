@@ -77,9 +77,14 @@ def _window_energy(profile: Profile, t0_ns: int, start_ns: int, end_ns: int) -> 
     )
 
 
-def nvml_true_energy_j(profile: Profile, t0_ns: int, start_ns: int, end_ns: int) -> float:
+def nvml_true_energy_j(profile: Profile, t0_ns: int, start_ns: int, end_ns: int,
+                       burst: Optional[Tuple[float, float, float]] = None) -> float:
     """Exact energy of a fake-NVML profile (``FakeNvml.set_profile``) over a window (J)."""
-    return _window_energy(profile, t0_ns, start_ns, end_ns)
+    e = _window_energy(profile, t0_ns, start_ns, end_ns)
+    if burst is not None:
+        e += _burst_energy(burst, (end_ns - t0_ns) / 1e9) - _burst_energy(
+            burst, (start_ns - t0_ns) / 1e9)
+    return e
 
 
 def relative_error(measured: float, truth: float) -> float:
@@ -170,9 +175,13 @@ class RaplWriter:
         update_us: int = 1000,
         t0_ns: Optional[int] = None,
         ready_timeout_s: float = 10.0,
+        burst: Optional[Tuple[float, float, float]] = None,
     ) -> None:
+        """``burst`` = (watts, period_ms, width_ms) adds that power for the first width_ms of
+        every period_ms to every zone: power that changes faster than the counter updates."""
         if not zones:
             raise ValueError("RaplWriter needs at least one zone")
+        self.burst = burst
         self.root = Path(tree_root)
         self.zones: Dict[str, Profile] = {}
         for name, prof in zones.items():
@@ -194,7 +203,11 @@ class RaplWriter:
         args = [str(powercap_writer_path()), str(self.root), str(self.t0_ns), str(self.update_us)]
         for name, (base, amp, freq) in self.zones.items():
             args += [name, repr(base), repr(amp), repr(freq)]
-        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        env = dict(os.environ)
+        env.pop("POWERCAP_WRITER_BURST", None)
+        if self.burst is not None:
+            env["POWERCAP_WRITER_BURST"] = ",".join(repr(float(x)) for x in self.burst)
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
         assert self.proc.stdout is not None
         deadline = time.monotonic() + self.ready_timeout_s
         line = b""
@@ -252,7 +265,21 @@ class RaplWriter:
     def true_energy_j(self, zone: str, t0_ns: int, t1_ns: int) -> float:
         """Exact energy of ``zone`` over ``[t0_ns, t1_ns]`` (CLOCK_MONOTONIC ns), closed form."""
         assert self.t0_ns is not None, "the writer has not started"
-        return _window_energy(self.profile(zone), self.t0_ns, t0_ns, t1_ns)
+        e = _window_energy(self.profile(zone), self.t0_ns, t0_ns, t1_ns)
+        if self.burst is not None:
+            e += _burst_energy(self.burst, (t1_ns - self.t0_ns) / 1e9)
+            e -= _burst_energy(self.burst, (t0_ns - self.t0_ns) / 1e9)
+        return e
+
+
+def _burst_energy(burst: Tuple[float, float, float], tau: float) -> float:
+    """Energy (J) of the burst term from the profile's start to ``tau`` (s): the writer's."""
+    watts, period_ms, width_ms = burst
+    if tau <= 0:
+        return 0.0
+    p, w = period_ms / 1e3, width_ms / 1e3
+    k = math.floor(tau / p)
+    return watts * (k * w + min(tau - k * p, w))
 
 
 # ---------------------------------------------------------------------------- runtimes
