@@ -13,7 +13,9 @@ from ._estimate import Estimate, EstimateError, Estimator, HardwareMismatchError
 from ._features import features
 from ._forecast import Forecast, ForecastError, forecast
 from ._measure import CallStats, measure
-from ._meter import Baseline, Measurement, Meter, NothingMeasuredWarning, idle_baseline, meter
+from ._baseline import Baseline, idle_baseline
+from ._meter import Meter, meter
+from ._result import Measurement, NothingMeasuredWarning
 from ._records import read_log
 from ._runtime import Runtime, Sensor
 from ._sensors import sensors

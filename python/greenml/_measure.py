@@ -21,7 +21,7 @@ from typing import Any, Callable, Dict, Optional, TypeVar, Union, overload
 import numpy as np
 
 from . import _carbon
-from ._meter import sync_cuda as _sync_cuda
+from ._cuda import sync_cuda as _sync_cuda
 from ._records import RecordLog, new_run_id
 from ._runtime import Runtime, default_runtime
 from ._steps import Reservoir

@@ -7,9 +7,7 @@ first read (or when the meter stops with a log), see :mod:`greenml._windows`.
 
 from __future__ import annotations
 
-import math
 import os
-import sys
 import threading
 import time
 import warnings
@@ -18,10 +16,14 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 import numpy as np
 
 from . import _carbon
-from ._errors import GreenmlError, SensorError
-from ._records import RecordLog, json_number, new_run_id
+from ._baseline import Baseline
+from ._cuda import sync_cuda
+from ._errors import GreenmlError
+from ._records import RecordLog, new_run_id
+from ._result import Measurement, NothingMeasuredWarning, max_power_w, partial_events
 from ._runtime import Runtime, default_runtime
 from ._steps import StepStats
+from ._trace import check_trace_path, write_trace
 from ._windows import (
     PendingWindows,
     Window,
@@ -35,232 +37,6 @@ from ._windows import (
 
 # Counter power in traces is averaged over this trailing window (ns).
 TRACE_AVERAGE_NS = 50_000_000
-
-
-class NothingMeasuredWarning(UserWarning):
-    """No domain can be measured or estimated here: energies are NaN."""
-
-
-def sync_cuda() -> None:
-    """Waits for queued CUDA work, only when torch is already imported and CUDA initialised."""
-    torch = sys.modules.get("torch")
-    if torch is None:
-        return
-    cuda = getattr(torch, "cuda", None)
-    if cuda is not None and cuda.is_initialized():
-        cuda.synchronize()
-
-
-class Baseline:
-    """Idle power per domain (W), measured by :func:`idle_baseline`."""
-
-    def __init__(self, power_w: Dict[str, float], duration_s: float, in_total: Dict[str, bool]):
-        self.power_w = dict(power_w)
-        self.duration_s = duration_s
-        self._in_total = dict(in_total)
-
-    @property
-    def total_power_w(self) -> float:
-        return float(sum(p for d, p in self.power_w.items() if self._in_total.get(d, False)))
-
-    def to_dict(self) -> Dict[str, Any]:
-        return {"power_w": dict(self.power_w), "duration_s": self.duration_s}
-
-    def __repr__(self) -> str:
-        parts = ", ".join(f"{d}={p:.2f} W" for d, p in self.power_w.items())
-        return f"Baseline({parts}; over {self.duration_s:.1f} s)"
-
-
-class Measurement:
-    """Energy of one window (a meter, a phase summed over its repeats, or a call).
-
-    Energies in joules, time in seconds, power in watts, carbon in grams CO2e.
-    """
-
-    def __init__(
-        self,
-        *,
-        name: Optional[str],
-        kind: str,
-        duration_s: float,
-        by_domain: Dict[str, float],
-        uncertainty_by_domain: Dict[str, float],
-        in_total: Dict[str, bool],
-        measured: Dict[str, bool],
-        settled: bool,
-        intensity: _carbon.CarbonIntensity,
-        pue: float,
-        baseline: Optional[Baseline] = None,
-        items: Optional[int] = None,
-        count: int = 1,
-        unavailable: Optional[Dict[str, str]] = None,
-        t_start_unix: Optional[float] = None,
-        assumptions: Optional[Dict[str, str]] = None,
-        partial_domains: Optional[Dict[str, List[Dict[str, Any]]]] = None,
-    ) -> None:
-        self.name = name
-        #: Per estimated domain, the model's assumptions in one line.
-        self.assumptions = dict(assumptions or {})
-        self.kind = kind
-        self.duration_s = duration_s
-        self.by_domain = by_domain
-        self.uncertainty_by_domain = uncertainty_by_domain
-        self.measured = measured
-        self.settled = settled
-        self.items = items
-        self.count = count
-        self.unavailable = unavailable or {}
-        self.t_start_unix = t_start_unix
-        #: Per domain, what went wrong inside the window and when (seconds from its start):
-        #: a counter reset, reads further apart than a wrap, or reads that failed.
-        self.partial_domains = partial_domains or {}
-        self._in_total = in_total
-        counted = [d for d in by_domain if in_total.get(d)]
-        if counted:
-            self.energy_j = float(sum(by_domain[d] for d in counted))
-            self.uncertainty_j = float(sum(uncertainty_by_domain[d] for d in counted))
-        else:
-            self.energy_j = math.nan
-            self.uncertainty_j = math.nan
-        self.intensity = intensity
-        self.pue = pue
-        self.co2e_g = (
-            _carbon.co2e_g(self.energy_j, intensity, pue)
-            if math.isfinite(self.energy_j)
-            else math.nan
-        )
-        self.baseline = baseline
-        if baseline is not None:
-            self.net_by_domain: Optional[Dict[str, float]] = {
-                d: e - baseline.power_w.get(d, 0.0) * duration_s for d, e in by_domain.items()
-            }
-            self.net_energy_j: Optional[float] = float(
-                sum(v for d, v in self.net_by_domain.items() if in_total.get(d))
-            )
-        else:
-            self.net_by_domain = None
-            self.net_energy_j = None
-
-    @property
-    def mean_power_w(self) -> float:
-        return self.energy_j / self.duration_s if self.duration_s > 0 else math.nan
-
-    @property
-    def energy_per_item_j(self) -> Optional[float]:
-        return self.energy_j / self.items if self.items else None
-
-    @property
-    def partial(self) -> bool:
-        """True when some domain's energy is incomplete near an instant (see partial_domains)."""
-        return bool(self.partial_domains)
-
-    @property
-    def estimated_domains(self) -> List[str]:
-        return [d for d, m in self.measured.items() if not m]
-
-    @property
-    def total_kind(self) -> str:
-        """``"measured"``, ``"estimated"`` or ``"mixed"``: what the total adds up."""
-        kinds = {self.measured.get(d, True) for d in self.by_domain if self._in_total.get(d)}
-        if kinds == {False}:
-            return "estimated"
-        return "mixed" if len(kinds) > 1 else "measured"
-
-    def to_dict(self) -> Dict[str, Any]:
-        d: Dict[str, Any] = {
-            "type": self.kind,
-            "name": self.name,
-            "t_start_unix": self.t_start_unix,
-            "duration_s": self.duration_s,
-            "energy_j": _num(self.energy_j),
-            "uncertainty_j": _num(self.uncertainty_j),
-            "mean_power_w": _num(self.mean_power_w),
-            "by_domain": {k: _num(v) for k, v in self.by_domain.items()},
-            "uncertainty_by_domain": {k: _num(v) for k, v in self.uncertainty_by_domain.items()},
-            "in_total": {k: self._in_total.get(k, False) for k in self.by_domain},
-            "measured": dict(self.measured),
-            "estimated_domains": self.estimated_domains,
-            "total_kind": self.total_kind,
-            "assumptions": dict(self.assumptions),
-            "unavailable": dict(self.unavailable),
-            "settled": self.settled,
-            "partial": self.partial,
-            "partial_domains": self.partial_domains,
-            "co2e_g": _num(self.co2e_g),
-            "carbon": {
-                "gco2e_per_kwh": self.intensity.gco2e_per_kwh,
-                "region": self.intensity.region,
-                "year": self.intensity.year,
-                "source": self.intensity.source,
-                "pue": self.pue,
-            },
-            "count": self.count,
-        }
-        if self.items is not None:
-            d["items"] = self.items
-            d["energy_per_item_j"] = _num(self.energy_per_item_j)
-        if self.net_energy_j is not None:
-            d["net_energy_j"] = _num(self.net_energy_j)
-            d["net_by_domain"] = {k: _num(v) for k, v in (self.net_by_domain or {}).items()}
-            d["idle_power_w"] = dict(self.baseline.power_w) if self.baseline else None
-        return d
-
-    def __repr__(self) -> str:
-        est = f", estimated: {self.estimated_domains}" if self.estimated_domains else ""
-        return (
-            f"Measurement({self.name!r}: {self.energy_j:.4g} J +/- {self.uncertainty_j:.2g} J "
-            f"in {self.duration_s:.4g} s, {self.co2e_g:.3g} gCO2e{est})"
-        )
-
-
-#: A channel whose source states no maximum power is assumed to draw at most this (W).
-_DEFAULT_MAX_POWER_W = 2000.0
-
-
-def _max_power_w(ch: Any) -> float:
-    p = float(getattr(ch, "max_power_w", 0.0))
-    return p if p > 0 else _DEFAULT_MAX_POWER_W
-
-
-def partial_events(rt: Runtime, spans: List[Tuple[int, int]]) -> Dict[str, List[Dict[str, Any]]]:
-    """Per domain, the sampler events that touch any of ``spans`` ([t0, t1] in ns): what, when
-    (s from the first span's start) and how long a stretch of unknown energy lies inside them."""
-    events = rt.events()
-    if not events or not spans:
-        return {}
-    origin = spans[0][0]
-    now = time.monotonic_ns()
-    # A failure lasts from the last good reading until the channel reads again (or now).
-    stretches = []
-    failing: Dict[str, Any] = {}
-    for ev in events:
-        if ev.kind == "read_failed":
-            failing[ev.domain] = ev
-        elif ev.kind == "read_recovered":
-            start = failing.pop(ev.domain, None)
-            if start is not None:
-                stretches.append(("read_failed", ev.domain, start.since_ns, ev.t_ns))
-        else:
-            stretches.append((ev.kind, ev.domain, ev.since_ns, ev.t_ns))
-    stretches += [("read_failed", d, ev.since_ns, now) for d, ev in failing.items()]
-    out: Dict[str, List[Dict[str, Any]]] = {}
-    for kind, domain, a, b in stretches:
-        overlap = sum(max(0, min(b, t1) - max(a, t0)) for t0, t1 in spans)
-        if overlap <= 0:
-            continue
-        out.setdefault(domain, []).append(
-            {
-                "event": kind,
-                "from_s": (a - origin) / 1e9,
-                "to_s": (b - origin) / 1e9,
-                "unknown_s": overlap / 1e9,
-            }
-        )
-    return out
-
-
-def _num(x: Optional[float]) -> Optional[float]:
-    return json_number(None if x is None else float(x))
 
 
 class _Phase:
@@ -355,7 +131,7 @@ class Meter:
         trace: Optional[str] = None,
     ) -> None:
         self.name = name
-        self._trace_path = _check_trace_path(trace) if trace else None
+        self._trace_path = check_trace_path(trace) if trace else None
         self._rt = runtime if runtime is not None else default_runtime()
         env: Mapping[str, str] = (
             self._rt.settings.env if self._rt.settings.env is not None else os.environ
@@ -599,7 +375,7 @@ class Meter:
             # the counter: bound it by the channel's maximum power over that stretch.
             for ev in partial.get(ch.domain, ()):
                 if ev["event"] == "counter_reset":
-                    u[i] += ev["unknown_s"] * _max_power_w(ch)
+                    u[i] += ev["unknown_s"] * max_power_w(ch)
         _, by_domain = totals(channels, e)
         _, unc_by_domain = totals(channels, u)
         unavailable = {s.domain: s.reason for s in self._rt.sensors() if not s.available}
@@ -796,52 +572,6 @@ class Meter:
         return f"<greenml.Meter {self.name!r} {state}>"
 
 
-def _check_trace_path(path: str) -> str:
-    ext = os.path.splitext(path)[1].lower()
-    if ext not in (".csv", ".parquet"):
-        raise GreenmlError(f"trace={path!r}: name the file .csv or .parquet")
-    if ext == ".parquet":
-        try:
-            import pyarrow  # noqa: F401
-        except ImportError:
-            raise GreenmlError(
-                f"trace={path!r} needs pyarrow for Parquet: `pip install pyarrow`, "
-                "or name the file .csv"
-            ) from None
-    return path
-
-
-def write_trace(df: Any, path: str) -> None:
-    """Writes a per-sample power trace as CSV or Parquet, by the file's extension."""
-    if path.lower().endswith(".parquet"):
-        df.to_parquet(path, index=False)
-    else:
-        df.to_csv(path, index=False)
-
-
 def meter(name: Optional[str] = None, **options: Any) -> Meter:
     """A meter (context manager): ``with greenml.meter("train") as m: ...``; see :class:`Meter`."""
     return Meter(name, **options)
-
-
-def idle_baseline(seconds: float = 10.0, *, runtime: Optional[Runtime] = None) -> Baseline:
-    """Measures idle power per domain over ``seconds`` (keep the machine quiet meanwhile).
-
-    The baseline is remembered by the runtime, so later ``meter(subtract_idle=True)`` uses it.
-    """
-    if not (isinstance(seconds, (int, float)) and math.isfinite(seconds) and seconds > 0):
-        raise GreenmlError(f"seconds={seconds!r}: give a positive idle duration, e.g. 10")
-    rt = runtime if runtime is not None else default_runtime()
-    m = Meter("idle", runtime=rt, sync_cuda=True)
-    with m:
-        time.sleep(seconds)
-    r = m.result(wait=True)
-    if not rt.channels:
-        raise SensorError(
-            "no domain can be measured or estimated here, so there is no idle power to measure; "
-            "run `greenml sensors` to see why"
-        )
-    power = {d: e / r.duration_s for d, e in r.by_domain.items()}
-    b = Baseline(power, r.duration_s, {ch.domain: ch.in_total for ch in rt.channels})
-    rt.baseline = b
-    return b

@@ -114,7 +114,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     import shutil
     import subprocess
 
-    from ._meter import Meter, idle_baseline
+    from ._baseline import idle_baseline
+    from ._meter import Meter
     from ._records import RecordLog
 
     cmd = list(args.cmd)
@@ -132,10 +133,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return 127
     _check_run_options(args)
     # Every output is checked before the command runs: a bad path must not lose the result.
-    from ._meter import _check_trace_path
+    from ._trace import check_trace_path
 
     if args.trace:
-        _check_trace_path(args.trace)
+        check_trace_path(args.trace)
     log = RecordLog(args.log) if args.log else None
     for option, path in (("--json", args.json), ("--trace", args.trace)):
         if path:
@@ -303,7 +304,7 @@ class _SignalRelay:
 def _report_run(
     args: argparse.Namespace, cmd: List[str], code: int, m: Any, rt: Any, log: Any
 ) -> None:
-    from ._meter import write_trace
+    from ._trace import write_trace
     from ._report import describe_result
 
     result = m.result().to_dict()

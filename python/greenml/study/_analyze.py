@@ -104,7 +104,7 @@ def correlation_table(cells: Any) -> Any:
     return pd.DataFrame(rows)
 
 
-def _get(corr: Any, subset: str, y: str, x: str) -> Optional[Correlation]:
+def correlation_of(corr: Any, subset: str, y: str, x: str) -> Optional[Correlation]:
     sel = corr[(corr["subset"] == subset) & (corr["y"] == y) & (corr["x"] == x)]
     if sel.empty:
         return None

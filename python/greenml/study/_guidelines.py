@@ -8,7 +8,7 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from ._analyze import PAPER, PLATEAU_GAIN, _get
+from ._analyze import PAPER, PLATEAU_GAIN, correlation_of
 from ._stats import Correlation
 
 AGREES = "agrees"
@@ -71,7 +71,7 @@ def claims_from(df: Any, cells: Any, corr: Any, ratios: Any, bse: Any) -> List[D
     )
 
     # 1. energy is linear in time
-    c = _get(corr, "all", "energy_j", "duration_s")
+    c = correlation_of(corr, "all", "energy_j", "duration_s")
     if c is None or not math.isfinite(c.r):
         verdict, finding = UNKNOWN, "too few cells with energy and duration to correlate"
     else:
@@ -116,7 +116,7 @@ def claims_from(df: Any, cells: Any, corr: Any, ratios: Any, bse: Any) -> List[D
         paper = PAPER[f"{key}_rho"]
         parts, verdicts, best = [], [], None
         for subset in ("train", "inference"):
-            c = _get(corr, subset, "energy_per_sample_j", feat)
+            c = correlation_of(corr, subset, "energy_per_sample_j", feat)
             if c is None:
                 continue
             parts.append(f"{subset}: Spearman {_rho_text(c)}")
@@ -141,9 +141,12 @@ def claims_from(df: Any, cells: Any, corr: Any, ratios: Any, bse: Any) -> List[D
             "rank alike."
         )
         if key == "macs_per_param":
-            a = [_get(corr, s, "energy_per_sample_j", "macs") for s in ("train", "inference")]
+            a = [
+                correlation_of(corr, s, "energy_per_sample_j", "macs")
+                for s in ("train", "inference")
+            ]
             b = [
-                _get(corr, s, "energy_per_sample_j", "macs_per_param")
+                correlation_of(corr, s, "energy_per_sample_j", "macs_per_param")
                 for s in ("train", "inference")
             ]
             pairs = [
@@ -171,7 +174,7 @@ def claims_from(df: Any, cells: Any, corr: Any, ratios: Any, bse: Any) -> List[D
         )
 
     # 4. accuracy vs total energy
-    c = _get(corr, "train", "energy_j", "accuracy")
+    c = correlation_of(corr, "train", "energy_j", "accuracy")
     if c is None or not math.isfinite(c.rho) or not math.isfinite(c.rho_low):
         verdict = UNKNOWN
         finding = (

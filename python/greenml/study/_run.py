@@ -286,7 +286,8 @@ def run(
             "greenml study trains PyTorch models: install PyTorch first, e.g. "
             "`pip install 'greenml[study]'`"
         ) from None
-    from .._meter import Meter, idle_baseline
+    from .._baseline import idle_baseline
+    from .._meter import Meter
     from .._runtime import default_runtime
     from .._features import features
 
