@@ -223,6 +223,21 @@ void register_sampler(py::module_& m) {
           "created, power is NaN for counter channels, channel_t_ns is when each channel's "
           "source was read.")
       .def(
+          "edge_read",
+          [](Sampler& s) {
+            std::int64_t t = 0;
+            std::uint64_t index = 0;
+            {
+              py::gil_scoped_release release;
+              index = s.edge_read(&t);
+            }
+            return py::make_tuple(index, t);
+          },
+          "A window edge: reads the cheap sources (RAPL, the model) now and pushes a sample in "
+          "which the others keep their last values and read times. Returns (index, t_ns): the "
+          "sample's index and the cheap sources' read time, the edge's exact time.")
+      .def_property_readonly("has_cheap_edge_sources", &Sampler::has_cheap_edge_sources)
+      .def(
           "latest",
           [](const Sampler& s) -> py::object {
             std::vector<std::uint64_t> row(s.layout().width);

@@ -163,7 +163,11 @@ Sampler::Sampler(std::vector<std::shared_ptr<Source>> sources, SamplerOptions op
       history_period_ns_(options.history_period_ns),
       history_rows_(options.history_rows),
       period_ns_(options.period_ns) {
-  for (const auto& s : sources_) max_safe_period_ns_ = std::min(max_safe_period_ns_, s->max_safe_period_ns());
+  for (const auto& s : sources_) {
+    max_safe_period_ns_ = std::min(max_safe_period_ns_, s->max_safe_period_ns());
+    source_cheap_.push_back(s->cheap_edge_read());
+    has_cheap_ = has_cheap_ || source_cheap_.back();
+  }
   for (const auto& ch : channels_) {
     // Only a stated maximum power bounds the period: a guessed one would make
     // a small counter look as if it wrapped every microsecond.
@@ -255,11 +259,14 @@ void Sampler::update_channel(std::size_t i, std::int64_t t) {
   have_last_[i] = true;
 }
 
-std::uint64_t Sampler::sample(bool push, std::int64_t* t_out, std::uint64_t* v_out) {
-  // Each source gets the midpoint of its own read as its time.
+std::uint64_t Sampler::sample(bool push, std::int64_t* t_out, std::uint64_t* v_out,
+                              bool cheap_only) {
+  // Each source gets the midpoint of its own read as its time. At an edge only the cheap
+  // sources are read; the others keep their last values and read times in the row.
   const std::int64_t before = clock_();
   std::int64_t t_prev = before;
   for (std::size_t s = 0; s < sources_.size(); ++s) {
+    if (cheap_only && !source_cheap_[s]) continue;
     const std::size_t off = source_offset_[s];
     sources_[s]->read(raw_.data() + off, ok_.get() + off);
     const std::int64_t t_after = clock_();
@@ -271,6 +278,7 @@ std::uint64_t Sampler::sample(bool push, std::int64_t* t_out, std::uint64_t* v_o
   std::lock_guard<std::mutex> lock(state_mutex_);
   const std::size_t c = channels_.size();
   for (std::size_t i = 0; i < c; ++i) {
+    if (cheap_only && !source_cheap_[channel_source_[i]]) continue;  // row_ keeps its last value
     update_channel(i, source_t_[channel_source_[i]]);
     if (channels_[i].kind == ChannelKind::counter) {
       row_[i] = cumulative_[i];
@@ -281,6 +289,7 @@ std::uint64_t Sampler::sample(bool push, std::int64_t* t_out, std::uint64_t* v_o
   }
   const std::size_t time_base = layout_.width - sources_.size();
   for (std::size_t s = 0; s < sources_.size(); ++s) {
+    if (cheap_only && !source_cheap_[s]) continue;
     row_[time_base + s] = static_cast<std::uint64_t>(source_t_[s]);
   }
   const std::uint64_t index = ring_.head();
@@ -346,6 +355,26 @@ std::size_t Sampler::history_size() const {
 std::uint64_t Sampler::read_now(std::int64_t* t_out, std::uint64_t* v_out) {
   std::lock_guard<std::mutex> lock(io_mutex_);
   const std::uint64_t index = sample(true, t_out, v_out);
+  manual_samples_.fetch_add(1, std::memory_order_relaxed);
+  return index;
+}
+
+std::uint64_t Sampler::edge_read(std::int64_t* t_out) {
+  if (!has_cheap_) {
+    if (t_out != nullptr) *t_out = clock_();
+    const std::uint64_t h = ring_.head();
+    return h == 0 ? 0 : h - 1;
+  }
+  std::lock_guard<std::mutex> lock(io_mutex_);
+  const std::uint64_t index = sample(true, nullptr, nullptr, true);
+  if (t_out != nullptr) {
+    for (std::size_t s = 0; s < sources_.size(); ++s) {
+      if (source_cheap_[s]) {
+        *t_out = source_t_[s];
+        break;
+      }
+    }
+  }
   manual_samples_.fetch_add(1, std::memory_order_relaxed);
   return index;
 }

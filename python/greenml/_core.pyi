@@ -187,6 +187,10 @@ class Sampler:
         """
         Events seen on channels (counter_reset, possibly_missed_wraps, read_failed, read_recovered) as ([(t_ns, since_ns, domain, kind)], next_index); the event lies between since_ns and t_ns.
         """
+    def edge_read(self) -> tuple[int, int]:
+        """
+        A window edge: reads the cheap sources (RAPL, the model) now and pushes a sample in which the others keep their last values and read times. Returns (index, t_ns): the sample's index and the cheap sources' read time, the edge's exact time.
+        """
     def history(
         self,
         from_ns: typing.SupportsInt | typing.SupportsIndex,
@@ -239,6 +243,8 @@ class Sampler:
         """
         Number of samples ever pushed (the next sample's index).
         """
+    @property
+    def has_cheap_edge_sources(self) -> bool: ...
     @property
     def history_capacity(self) -> int:
         """

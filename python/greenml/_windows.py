@@ -84,9 +84,16 @@ _warned_short: set = set()
 
 
 def open_window(rt: Runtime) -> Window:
-    """Starts a window now. Costs a clock read and one ring-slot copy (the start row, which
-    stands in for the samples before the window if the ring loses them). After a quiet spell,
-    when the sampler was idling, it takes one synchronous reading instead, so the edge is exact."""
+    """Starts a window now. Where the machine has cheap counters (RAPL, the model) they are read
+    synchronously and the window starts at that reading, so its edge is exact for them; slow
+    counters (GPUs) are placed between ring samples. Otherwise it costs a clock read and one
+    ring-slot copy (the start row). After a quiet spell, when the sampler was idling, every
+    source is read once."""
+    if rt.sampler.has_cheap_edge_sources:
+        idx, t0 = rt.sampler.edge_read()
+        if rt.edge(t0):
+            rt.sampler.read_now()
+        return Window(t0_ns=t0, idx0=idx)
     t0 = time.monotonic_ns()
     if rt.edge(t0):
         row = rt.sampler.read_now()
@@ -96,7 +103,10 @@ def open_window(rt: Runtime) -> Window:
 
 
 def close_window(rt: Runtime, w: Window) -> None:
-    w.t1_ns = time.monotonic_ns()
+    if rt.sampler.has_cheap_edge_sources:
+        _, w.t1_ns = rt.sampler.edge_read()
+    else:
+        w.t1_ns = time.monotonic_ns()
     if rt.edge(w.t1_ns):
         rt.sampler.read_now()
     w.idx1 = rt.sampler.head
@@ -274,17 +284,27 @@ class WindowResolver:
         aged = (s.t_ns[-1] - np.maximum(t1, s.t_ns[0])) > SETTLE_HORIZON_NS
         for i, ch in enumerate(self.channels):
             t_ch = s.channel_t_ns[:, i]
+            # Edge samples read only the cheap sources: the others repeat their last reading.
+            fresh = np.ones(t_ch.size, dtype=bool)
+            fresh[1:] = t_ch[1:] > t_ch[:-1]
+            t_ch = t_ch[fresh]
+            e_ch = s.energy_j[fresh, i]
             t0c = np.maximum(t0, t_ch[0])
             t1c = np.maximum(t1, t0c)
+            if t_ch.size < 2:
+                energy[:, i] = np.nan
+                unc[:, i] = np.nan
+                settled[:, i] = False
+                continue
             if ch.kind == "counter":
                 trace = _integrate.Trace.counter(
                     t_ch,
-                    np.maximum.accumulate(s.energy_j[:, i]),
+                    np.maximum.accumulate(e_ch),
                     resolution_j=float(self._resolution[i]),
                     max_update_interval_ns=self._max_update[i],
                 )
             else:
-                trace = _integrate.Trace.power(t_ch, s.power_w[:, i], cum_j=s.energy_j[:, i])
+                trace = _integrate.Trace.power(t_ch, s.power_w[fresh, i], cum_j=e_ch)
             curve = _integrate.prepare(trace)
             r = curve.window_arrays(t0c, t1c)
             energy[:, i] = r.energy_j

@@ -96,6 +96,8 @@ class FakeSource final : public Source {
   }
   [[nodiscard]] std::string name() const override { return "fake"; }
   [[nodiscard]] std::int64_t max_safe_period_ns() const noexcept override { return max_safe_period_ns_; }
+  [[nodiscard]] bool cheap_edge_read() const noexcept override { return cheap; }
+  bool cheap = false;
   // The parent's sampler thread may hold this source's lock at fork (it takes it after every
   // read): the child, where that thread does not exist, gets fresh ones.
   void after_fork_in_child() noexcept override {
@@ -857,4 +859,41 @@ TEST_CASE("sampler: the run-long history thins itself and stays within its rows 
   REQUIRE(mid.t.size() == 5);
   CHECK(mid.t.front() == all.t[9]);
   CHECK(mid.t.back() == all.t[13]);
+}
+
+TEST_CASE("sampler: an edge reads only the cheap sources; the others keep their value and time") {
+  FakeClock clock;
+  auto rapl = std::make_shared<FakeSource>(std::vector<ChannelInfo>{counter_channel("package:0", 0)});
+  rapl->cheap = true;
+  auto gpu = std::make_shared<FakeSource>(std::vector<ChannelInfo>{counter_channel("gpu:0", 0)});
+  Sampler s({gpu, rapl}, opts(1'000'000, 16, clock.fn()));
+  REQUIRE(s.has_cheap_edge_sources());
+  clock.set(1'000);
+  gpu->set(0, 500);
+  rapl->set(0, 70);
+  const Row full = read_now(s);  // both read at t = 1000
+  const auto gpu_reads = gpu->reads();
+  clock.set(2'000);
+  gpu->set(0, 900);  // not read at the edge
+  rapl->set(0, 80);
+  std::int64_t t_edge = 0;
+  const auto idx = s.edge_read(&t_edge);
+  CHECK(idx == full.index + 1);
+  CHECK(t_edge == 2'000);
+  CHECK(gpu->reads() == gpu_reads);  // the slow source was not touched
+  std::int64_t t = 0;
+  std::vector<std::uint64_t> v(s.layout().width);
+  REQUIRE(s.ring().read(idx, 1, &t, v.data()).copied == 1);
+  const auto& l = s.layout();
+  CHECK(v[0] == 500);  // gpu: its last value ...
+  CHECK(static_cast<std::int64_t>(v[static_cast<std::size_t>(l.time_column[0])]) == 1'000);  // ... and time
+  CHECK(v[1] == 80);  // rapl: read at the edge
+  CHECK(static_cast<std::int64_t>(v[static_cast<std::size_t>(l.time_column[1])]) == 2'000);
+  // Without a cheap source an edge reads nothing and reports the clock.
+  Sampler plain({gpu}, opts(1'000'000, 16, clock.fn()));
+  CHECK_FALSE(plain.has_cheap_edge_sources());
+  clock.set(3'000);
+  CHECK(plain.edge_read(&t_edge) == 0);
+  CHECK(t_edge == 3'000);
+  CHECK(plain.ring().head() == 0);
 }

@@ -73,6 +73,7 @@ class ModelSource final : public Source {
   [[nodiscard]] std::vector<DomainStatus> status() const override { return status_; }
   void read(std::uint64_t* raw, bool* ok) noexcept override;
   [[nodiscard]] std::string name() const override { return "model"; }
+  [[nodiscard]] bool cheap_edge_read() const noexcept override { return true; }
 
  private:
   [[nodiscard]] std::optional<std::uint64_t> read_busy() const noexcept;

@@ -21,6 +21,7 @@ class RaplSource final : public Source {
   [[nodiscard]] std::vector<DomainStatus> status() const override { return status_; }
   void read(std::uint64_t* raw, bool* ok) noexcept override;
   [[nodiscard]] std::string name() const override { return "rapl"; }
+  [[nodiscard]] bool cheap_edge_read() const noexcept override { return true; }
 
   [[nodiscard]] std::int64_t max_safe_period_ns() const noexcept override {
     return max_safe_period_ns_;

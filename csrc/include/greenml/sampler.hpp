@@ -125,6 +125,13 @@ class Sampler {
   // Reads every source now and pushes the result into the ring (so it also
   // serves later readers). Returns the sample's ring index.
   std::uint64_t read_now(std::int64_t* t_out, std::uint64_t* v_out);
+  // A window edge: reads only the sources with cheap_edge_read() and pushes a
+  // sample in which the other sources keep their last values and read times.
+  // Returns the sample's index; *t_out gets the cheap sources' read time (the
+  // edge's time), or the clock when there is no such source (nothing pushed,
+  // the index is then the newest sample's).
+  std::uint64_t edge_read(std::int64_t* t_out);
+  [[nodiscard]] bool has_cheap_edge_sources() const noexcept { return has_cheap_; }
 
   [[nodiscard]] const std::vector<ChannelInfo>& channels() const noexcept { return channels_; }
   [[nodiscard]] std::size_t source_count() const noexcept { return sources_.size(); }
@@ -163,7 +170,8 @@ class Sampler {
   void tick(bool push);
   // Reads all sources (caller holds io_mutex_), then updates the unwrap and
   // integral state and pushes under state_mutex_. Returns the pushed index.
-  std::uint64_t sample(bool push, std::int64_t* t_out, std::uint64_t* v_out);
+  std::uint64_t sample(bool push, std::int64_t* t_out, std::uint64_t* v_out,
+                       bool cheap_only = false);
   void update_channel(std::size_t i, std::int64_t t);
   void record_event(std::int64_t t, std::int64_t since, std::size_t channel, EventKind kind);
   void signal_thread();
@@ -180,6 +188,8 @@ class Sampler {
   ClockFn clock_;
   std::int64_t idle_period_ns_ = 0;
   std::int64_t max_safe_period_ns_ = INT64_MAX;
+  std::vector<bool> source_cheap_;
+  bool has_cheap_ = false;
 
   // Source reads (which may block in a driver) are serialised by io_mutex_;
   // the scratch they fill is guarded by it. Nothing else waits on it, and the

@@ -69,6 +69,9 @@ class Source {
   // re-initialises its library on its next read() in the child, and never
   // tears down state the parent still uses.
   virtual void after_fork_in_child() noexcept {}
+  // True when a read costs a few microseconds and the counter updates often (RAPL, the
+  // model): window edges then read it synchronously, so the edge is exact.
+  [[nodiscard]] virtual bool cheap_edge_read() const noexcept { return false; }
 };
 
 }  // namespace greenml
