@@ -520,22 +520,20 @@ class Meter:
                 stacklevel=2,
             )
         mask = (t >= w.t0_ns) & (t <= (w.t1_ns or t[-1]))
-        t, e, p = t[mask], e[mask], p[mask]
+        t, e, p, ct = t[mask], e[mask], p[mask], _ct[mask]
         data: Dict[str, Any] = {"t_s": (t - w.t0_ns) / 1e9}
-        # Counters move in quanta (GPU: every 20-100 ms; /proc/stat: every 10 ms), so counter
-        # power is averaged over the trailing TRACE_AVERAGE_NS rather than one sample interval.
-        lag = max(1, int(round(TRACE_AVERAGE_NS / max(self._rt.sampler.period_ns, 1))))
         for i, ch in enumerate(self._rt.channels):
             if ch.kind == "power":
-                watts = p[:, i]
-            else:
-                watts = np.full(t.size, np.nan)
-                if t.size > 1:
-                    k = min(lag, t.size - 1)
-                    watts[k:] = (e[k:, i] - e[:-k, i]) / ((t[k:] - t[:-k]) / 1e9)
-                    for j in range(1, k):  # the first samples: average since the start
-                        watts[j] = (e[j, i] - e[0, i]) / ((t[j] - t[0]) / 1e9)
-            data[f"{ch.domain}_w"] = watts
+                data[f"{ch.domain}_w"] = p[:, i]
+                continue
+            # Counters move in quanta (GPU: every 20-100 ms; /proc/stat: every 10 ms), so their
+            # power is averaged over the trailing TRACE_AVERAGE_NS of the channel's own reading
+            # times (an edge sample that did not read this channel repeats its last reading).
+            c = ct[:, i]
+            j = np.searchsorted(c, c - TRACE_AVERAGE_NS, side="left")
+            dt = (c - c[j]) / 1e9
+            with np.errstate(divide="ignore", invalid="ignore"):
+                data[f"{ch.domain}_w"] = np.where(dt > 0, (e[:, i] - e[j, i]) / dt, np.nan)
         return pd.DataFrame(data)
 
     def phase_spans_s(self) -> Dict[str, List[List[float]]]:
