@@ -216,6 +216,8 @@ class Runtime:
             history_rows,
         )
         self.channels = list(self.sampler.channels())
+        #: Meter and phase edges read the cheap counters (RAPL, the model) synchronously.
+        self.cheap_edges = bool(self.sampler.has_cheap_edge_sources)
         #: A power-only channel is integrated by the sampler: windows need it at full rate.
         self.needs_full_rate_in_windows = any(c.kind == "power" for c in self.channels)
         slow_counter = any(c.kind == "counter" and c.source == "nvml" for c in self.channels)

@@ -89,7 +89,7 @@ def open_window(rt: Runtime) -> Window:
     counters (GPUs) are placed between ring samples. Otherwise it costs a clock read and one
     ring-slot copy (the start row). After a quiet spell, when the sampler was idling, every
     source is read once."""
-    if rt.sampler.has_cheap_edge_sources:
+    if rt.cheap_edges:
         idx, t0 = rt.sampler.edge_read()
         if rt.edge(t0):
             rt.sampler.read_now()
@@ -103,7 +103,7 @@ def open_window(rt: Runtime) -> Window:
 
 
 def close_window(rt: Runtime, w: Window) -> None:
-    if rt.sampler.has_cheap_edge_sources:
+    if rt.cheap_edges:
         _, w.t1_ns = rt.sampler.edge_read()
     else:
         w.t1_ns = time.monotonic_ns()
