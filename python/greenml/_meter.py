@@ -527,13 +527,11 @@ class Meter:
                 data[f"{ch.domain}_w"] = p[:, i]
                 continue
             # Counters move in quanta (GPU: every 20-100 ms; /proc/stat: every 10 ms), so their
-            # power is averaged over the trailing TRACE_AVERAGE_NS of the channel's own reading
-            # times (an edge sample that did not read this channel repeats its last reading).
-            c = ct[:, i]
-            j = np.searchsorted(c, c - TRACE_AVERAGE_NS, side="left")
-            dt = (c - c[j]) / 1e9
-            with np.errstate(divide="ignore", invalid="ignore"):
-                data[f"{ch.domain}_w"] = np.where(dt > 0, (e[:, i] - e[j, i]) / dt, np.nan)
+            # power is averaged over the trailing TRACE_AVERAGE_NS, on the curve the energies
+            # come from (each increment spread over its own update interval).
+            data[f"{ch.domain}_w"] = self._resolver.counter_power_w(
+                i, ct[:, i], e[:, i], t, TRACE_AVERAGE_NS
+            )
         return pd.DataFrame(data)
 
     def phase_spans_s(self) -> Dict[str, List[List[float]]]:

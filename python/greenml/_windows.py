@@ -125,6 +125,39 @@ class WindowResolver:
             float(_RAPL_MAX_UPDATE_NS) if c.source == "rapl" else None for c in rt.channels
         ]
 
+    def counter_power_w(
+        self,
+        i: int,
+        channel_t_ns: np.ndarray,
+        energy_j: np.ndarray,
+        at_ns: np.ndarray,
+        span_ns: int,
+    ) -> np.ndarray:
+        """Mean power (W) of counter channel ``i`` over ``[at - span, at]`` for each ``at``, from
+        the same curve its energies come from (each increment spread over its own update
+        interval), so a trace agrees with the window energies. NaN where undefined."""
+        fresh = np.ones(channel_t_ns.size, dtype=bool)
+        fresh[1:] = channel_t_ns[1:] > channel_t_ns[:-1]  # edge samples repeat other sources
+        t, e = channel_t_ns[fresh], energy_j[fresh]
+        out = np.full(at_ns.size, np.nan)
+        if t.size < 2:
+            return out
+        curve = _integrate.prepare(
+            _integrate.Trace.counter(
+                t,
+                np.maximum.accumulate(e),
+                resolution_j=float(self._resolution[i]),
+                max_update_interval_ns=self._max_update[i],
+            )
+        )
+        b = np.maximum(at_ns.astype(np.int64), t[0])
+        a = np.maximum(b - int(span_ns), t[0])
+        ok = b > a
+        if ok.any():
+            r = curve.window_arrays(a[ok], b[ok])
+            out[ok] = r.energy_j / ((b[ok] - a[ok]) / 1e9)
+        return out
+
     # -- reading ---------------------------------------------------------------------------
 
     def _read_range(self, start: int, stop: int) -> Optional[_Samples]:
