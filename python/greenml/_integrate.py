@@ -402,7 +402,10 @@ class CounterCurve(_Curve):
         self._v = np.concatenate(([v[0]], v[knots]))
 
         dv = np.diff(self._v)
-        dtau = np.diff(self._tau)
+        # Two updates are at least one update period apart, however close the samples that
+        # saw them (an edge reading right after a ring sample): an increment accrued over at
+        # least that long, so a near-coincident pair of knots does not fake a huge peak.
+        dtau = np.maximum(np.diff(self._tau), u_est)
         interval_w = dv / dtau
         real = interval_w[1:] if interval_w.size > 1 else interval_w
         self.peak_seen_w: float = float(real.max()) if real.size else 0.0
