@@ -51,6 +51,7 @@ def test_given_energy_counter_when_reading_then_counter_channel_in_joules(fake_n
     assert ch.measured and ch.in_total
     assert ch.to_si == pytest.approx(1e-3)
     assert UUIDS[0] in ch.detail and "NVIDIA H100" in ch.detail
+    assert ch.uuid == UUIDS[0]
     assert _raw(src) == {"gpu:0": (1_000, True)}
     assert _raw(src)["gpu:0"][0] * ch.to_si == pytest.approx(1.0)
 

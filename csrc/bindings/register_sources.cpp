@@ -40,6 +40,8 @@ void register_sources(py::module_& m) {
                     "0 = instantaneous; -1 = unknown, or not a power channel.")
       .def_readonly("detail", &ChannelInfo::detail,
                     "Zone path or device name and UUID; for a modelled domain, its assumptions.")
+      .def_readonly("uuid", &ChannelInfo::uuid,
+                    "GPU UUID as NVML spells it ('GPU-...'); empty for host-level domains.")
       .def_readonly("rel_uncertainty", &ChannelInfo::rel_uncertainty,
                     "Relative error bound of a modelled channel (0.5 = +/-50%); 0 if measured.")
       .def("__repr__", [](const ChannelInfo& c) {

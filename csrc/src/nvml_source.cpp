@@ -728,6 +728,7 @@ void NvmlSource::Impl::open_gpu(Device& dev, const NvmlDeviceInfo& info, unsigne
   ch.domain = dev.domain;
   ch.source = "nvml";
   ch.detail = dev.detail;
+  ch.uuid = info.uuid;
   ch.kind = energy_rc == kNvmlSuccess ? ChannelKind::counter : ChannelKind::power;
   ch.unit = energy_rc == kNvmlSuccess ? "mj" : "mw";
   ch.to_si = 1e-3;

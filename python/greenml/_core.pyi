@@ -67,6 +67,11 @@ class ChannelInfo:
         Factor from the raw unit to J or W.
         """
     @property
+    def uuid(self) -> str:
+        """
+        GPU UUID as NVML spells it ('GPU-...'); empty for host-level domains.
+        """
+    @property
     def unit(self) -> str:
         """
         Raw unit: 'uj', 'mj' or 'mw'.

@@ -33,6 +33,10 @@ struct ChannelInfo {
   // 0 = an instantaneous reading; -1 = unknown, or not a power channel.
   std::int64_t power_window_ns = -1;
   std::string detail;        // zone path or device name/UUID, for humans
+  // The device's identity across processes: the GPU's UUID as NVML spells it
+  // ("GPU-..."), so ranks that see one GPU can count it once; empty for
+  // host-level domains (RAPL zones, models), which a host identity names.
+  std::string uuid;
   // Relative error bound of a modelled channel (0.5 = +/-50% of its energy),
   // from the model's documented accuracy; 0 for measured channels, whose
   // error comes from sampling alone.
