@@ -52,9 +52,10 @@ __all__ = [
 
 
 def __getattr__(name: str) -> object:
-    """``greenml.zoo`` and ``greenml.study`` load on first use (they need torch, which stays
-    optional: ``import greenml`` never imports it)."""
-    if name in ("zoo", "study"):
+    """``greenml.zoo``, ``greenml.study``, ``greenml.powercap``, ``greenml.exporter`` and
+    ``greenml.integrations`` load on first use (they need optional libraries such as torch or
+    prometheus_client: ``import greenml`` never imports them)."""
+    if name in ("zoo", "study", "powercap", "exporter", "integrations"):
         import importlib
 
         return importlib.import_module(f".{name}", __name__)

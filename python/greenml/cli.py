@@ -417,6 +417,18 @@ def _cmd_study(args: argparse.Namespace) -> int:
     return study_main(args)
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .exporter import main as export_main
+
+    return export_main(args)
+
+
+def _cmd_powercap(args: argparse.Namespace) -> int:
+    from .powercap._cli import main as powercap_main
+
+    return powercap_main(args)
+
+
 def _cmd_forecast(args: argparse.Namespace) -> int:
     from ._forecast import forecast
 
@@ -566,6 +578,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="predict for other hardware anyway")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=_cmd_estimate)
+
+    p = sub.add_parser("export", help="serve Prometheus /metrics: energy and power per domain")
+    from .exporter import add_arguments as add_export_arguments  # no prometheus_client import
+
+    add_export_arguments(p)
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("powercap", help="read, sweep, tune and restore power limits")
+    from .powercap._cli import add_arguments as add_powercap_arguments
+
+    add_powercap_arguments(p)
+    p.set_defaults(func=_cmd_powercap)
     return parser
 
 

@@ -1,0 +1,1 @@
+"""Integrations with trainers, experiment trackers and dashboards (optional extras)."""

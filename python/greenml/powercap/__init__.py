@@ -1,0 +1,1 @@
+"""Power limits: read them, sweep them, tune them during training, always restore them."""
