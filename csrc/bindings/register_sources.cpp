@@ -2,6 +2,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <cmath>
 #include <memory>
 #include <optional>
 #include <string>
@@ -121,7 +122,60 @@ void register_sources(py::module_& m) {
            "of cuda:0, cuda:1, ... from the loaded CUDA runtime, which then decide gpu:<i> "
            "outright (None = no runtime to ask). load_hint and order_hint end the reasons "
            "given when the library cannot be loaded and when CUDA's numbering of mixed GPU "
-           "models cannot be known.");
+           "models cannot be known.")
+      .def(
+          "power_limits",
+          [](const NvmlSource& s) {
+            std::vector<NvmlPowerLimits> lims;
+            {
+              py::gil_scoped_release release;
+              lims = s.power_limits();
+            }
+            const auto w = [](const std::optional<unsigned int>& mw) -> py::object {
+              if (!mw.has_value()) return py::none();
+              return py::float_(static_cast<double>(*mw) / 1000.0);
+            };
+            py::list out;
+            for (const auto& l : lims) {
+              py::dict d;
+              d["domain"] = l.domain;
+              d["detail"] = l.detail;
+              d["uuid"] = l.uuid;
+              d["current_w"] = w(l.current_mw);
+              d["default_w"] = w(l.default_mw);
+              d["min_w"] = w(l.min_mw);
+              d["max_w"] = w(l.max_mw);
+              d["enforced_w"] = w(l.enforced_mw);
+              d["fixed_reason"] = l.fixed_reason;
+              d["reason"] = l.reason;
+              out.append(std::move(d));
+            }
+            return out;
+          },
+          "Power limits of every gpu:<i>, read only: dicts with domain, detail, uuid, "
+          "current_w, default_w, min_w, max_w, enforced_w (W, None when NVML cannot tell), "
+          "fixed_reason (why greenml will not change it, else '') and reason (why values are "
+          "unknown, else '').")
+      .def(
+          "set_power_limit",
+          [](NvmlSource& s, const std::string& domain, double limit_w) {
+            if (!(limit_w > 0.0) || limit_w > 4.0e6) {
+              throw py::value_error("limit_w=" + std::to_string(limit_w) +
+                                    " is not a power limit in watts");
+            }
+            const auto mw = static_cast<unsigned int>(std::llround(limit_w * 1000.0));
+            NvmlSetResult r;
+            {
+              py::gil_scoped_release release;
+              r = s.set_power_limit(domain, mw);
+            }
+            return py::make_tuple(r.code, r.message);
+          },
+          py::arg("domain"), py::arg("limit_w"),
+          "Sets gpu:<i>'s power management limit (W, rounded to mW; needs root). Returns "
+          "(nvmlReturn_t, message): 0 and '' on success; otherwise nothing was changed and the "
+          "message says why and what to do. Values outside the GPU's constraints are refused "
+          "without asking NVML.");
 
   py::class_<ModelSource, Source, std::shared_ptr<ModelSource>>(
       m, "ModelSource",

@@ -30,7 +30,10 @@ struct nvmlDevice_st;
 using nvmlDevice_t = nvmlDevice_st*;
 
 constexpr nvmlReturn_t kNvmlSuccess = 0;
+constexpr nvmlReturn_t kNvmlInvalidArgument = 2;
 constexpr nvmlReturn_t kNvmlNotSupported = 3;
+constexpr nvmlReturn_t kNvmlNoPermission = 4;
+constexpr nvmlReturn_t kNvmlNotFound = 6;
 constexpr nvmlReturn_t kNvmlFunctionNotFound = 13;  // the closest code for a missing symbol
 
 // NVML_DEVICE_UUID_V2_BUFFER_SIZE and NVML_DEVICE_NAME_V2_BUFFER_SIZE: the
@@ -59,6 +62,8 @@ using GetStringFn = nvmlReturn_t (*)(nvmlDevice_t, char*, unsigned int);
 using GetEnergyFn = nvmlReturn_t (*)(nvmlDevice_t, unsigned long long*);
 using GetUintFn = nvmlReturn_t (*)(nvmlDevice_t, unsigned int*);
 using GetLimitRangeFn = nvmlReturn_t (*)(nvmlDevice_t, unsigned int*, unsigned int*);
+using SetUintFn = nvmlReturn_t (*)(nvmlDevice_t, unsigned int);
+using GetMigParentFn = nvmlReturn_t (*)(nvmlDevice_t, nvmlDevice_t*);
 using GetPciFn = nvmlReturn_t (*)(nvmlDevice_t, NvmlPciInfo*);
 using GetComputeCapabilityFn = nvmlReturn_t (*)(nvmlDevice_t, int*, int*);
 using ErrorStringFn = const char* (*)(nvmlReturn_t);
@@ -76,7 +81,11 @@ struct NvmlApi {
   GetEnergyFn get_energy = nullptr;
   GetUintFn get_power = nullptr;
   GetUintFn get_enforced_limit = nullptr;
+  GetUintFn get_limit = nullptr;
+  GetUintFn get_default_limit = nullptr;
   GetLimitRangeFn get_limit_range = nullptr;
+  SetUintFn set_limit = nullptr;
+  GetMigParentFn get_mig_parent = nullptr;
   GetComputeCapabilityFn get_compute_capability = nullptr;
   ErrorStringFn error_string = nullptr;
 };
@@ -277,9 +286,10 @@ struct NvmlSource::Impl {
     std::string detail;
     std::string reason;  // set when the device has no channel
     int channel = -1;
-    nvmlDevice_t handle = nullptr;
+    nvmlDevice_t handle = nullptr;  // set once the GPU is open
     unsigned int nvml_index = 0;
     std::string uuid;
+    std::string mig;  // the MIG instance's UUID when gpu:<i> is one
   };
 
   NvmlOptions opt;
@@ -362,6 +372,8 @@ struct NvmlSource::Impl {
   void add_device(std::size_t position, const VisibleEntry& entry,
                   const std::vector<NvmlDeviceInfo>& all);
   void open_gpu(Device& dev, const NvmlDeviceInfo& info, unsigned int nvml_index);
+  void open_mig(Device& dev, const VisibleEntry& entry, const std::vector<NvmlDeviceInfo>& all);
+  [[nodiscard]] std::string counted_by(unsigned int nvml_index) const;
   [[nodiscard]] nvmlReturn_t try_energy(nvmlDevice_t handle) const;
   [[nodiscard]] nvmlReturn_t try_power(nvmlDevice_t handle) const;
   [[nodiscard]] std::string unreadable_reason(const std::string& detail, nvmlReturn_t energy_rc,
@@ -370,6 +382,12 @@ struct NvmlSource::Impl {
   [[nodiscard]] std::string order_reason(const VisibleEntry& entry) const;
   [[nodiscard]] double max_power_w(nvmlDevice_t handle) const;
   [[nodiscard]] std::int64_t power_window_ns(nvmlDevice_t handle) const;
+
+  // Power limits.
+  [[nodiscard]] NvmlPowerLimits limits_of(const Device& dev) const;
+  [[nodiscard]] std::optional<unsigned int> read_limit(GetUintFn fn, const char* what,
+                                                       nvmlDevice_t handle,
+                                                       std::string& reason) const;
 
   // After a fork.
   void reopen_in_child() noexcept;
@@ -418,7 +436,11 @@ bool NvmlSource::Impl::resolve_symbols() {
   api.get_energy = symbol<GetEnergyFn>("nvmlDeviceGetTotalEnergyConsumption");
   api.get_power = symbol<GetUintFn>("nvmlDeviceGetPowerUsage");
   api.get_enforced_limit = symbol<GetUintFn>("nvmlDeviceGetEnforcedPowerLimit");
+  api.get_limit = symbol<GetUintFn>("nvmlDeviceGetPowerManagementLimit");
+  api.get_default_limit = symbol<GetUintFn>("nvmlDeviceGetPowerManagementDefaultLimit");
   api.get_limit_range = symbol<GetLimitRangeFn>("nvmlDeviceGetPowerManagementLimitConstraints");
+  api.set_limit = symbol<SetUintFn>("nvmlDeviceSetPowerManagementLimit");
+  api.get_mig_parent = symbol<GetMigParentFn>("nvmlDeviceGetDeviceHandleFromMigDeviceHandle");
   api.get_compute_capability = symbol<GetComputeCapabilityFn>("nvmlDeviceGetCudaComputeCapability");
   api.error_string = symbol<ErrorStringFn>("nvmlErrorString");
 
@@ -659,10 +681,11 @@ void NvmlSource::Impl::add_device(std::size_t position, const VisibleEntry& entr
   dev.domain = "gpu:" + std::to_string(position);
   switch (entry.kind) {
     case VisibleEntry::Kind::gpu:
-      open_gpu(dev, all[entry.nvml_index], entry.nvml_index);
+      dev.reason = counted_by(entry.nvml_index);
+      if (dev.reason.empty()) open_gpu(dev, all[entry.nvml_index], entry.nvml_index);
       break;
     case VisibleEntry::Kind::mig:
-      dev.reason = mig_reason(entry);
+      open_mig(dev, entry, all);
       break;
     case VisibleEntry::Kind::unknown_order:
       dev.reason = order_reason(entry);
@@ -682,10 +705,64 @@ std::string NvmlSource::Impl::mig_reason(const VisibleEntry& entry) const {
       opt.cuda_uuids.has_value()
           ? "the CUDA runtime's device cuda:" + std::to_string(entry.cuda_index) + " is"
           : std::string("CUDA_VISIBLE_DEVICES selects");
-  return who + " MIG instance " + entry.token +
-         ": MIG instances have no energy counter of their own (NVML reports energy and power "
-         "only for the whole GPU, shared by all its instances); measure on a whole GPU (MIG "
-         "disabled) to get its energy";
+  return who + " MIG instance " + entry.token;
+}
+
+// A MIG instance has no energy counter of its own: NVML reports energy and
+// power only for the whole GPU. gpu:<i> then reports its parent GPU, labelled
+// as the whole GPU's, and once however many of its instances are selected.
+void NvmlSource::Impl::open_mig(Device& dev, const VisibleEntry& entry,
+                                const std::vector<NvmlDeviceInfo>& all) {
+  dev.mig = entry.token;
+  const std::string what = mig_reason(entry);
+  if (api.get_handle_by_uuid == nullptr || api.get_mig_parent == nullptr) {
+    dev.reason = what + ", but " + opt.library + " lacks " +
+                 (api.get_handle_by_uuid == nullptr
+                      ? "nvmlDeviceGetHandleByUUID"
+                      : "nvmlDeviceGetDeviceHandleFromMigDeviceHandle") +
+                 " to find the GPU it is part of; update the NVIDIA driver";
+    return;
+  }
+  nvmlDevice_t mig = nullptr;
+  nvmlDevice_t parent = nullptr;
+  nvmlReturn_t rc = api.get_handle_by_uuid(entry.token.c_str(), &mig);
+  if (rc == kNvmlSuccess) rc = api.get_mig_parent(mig, &parent);
+  if (rc != kNvmlSuccess) {
+    dev.reason = what + ", whose GPU NVML cannot find: " + describe(rc) +
+                 (rc == kNvmlNotFound ? "; compare the MIG UUIDs of nvidia-smi -L" : advice(rc));
+    return;
+  }
+  // Handles are stable within a process; the UUID decides if they are not.
+  char buf[kUuidBufferSize] = {};
+  const bool have_uuid =
+      api.get_uuid != nullptr && api.get_uuid(parent, buf, kUuidBufferSize) == kNvmlSuccess;
+  std::optional<unsigned int> index;
+  for (unsigned int i = 0; i < all.size() && !index; ++i) {
+    if (all[i].handle == parent || (have_uuid && !all[i].uuid.empty() && all[i].uuid == buf))
+      index = i;
+  }
+  if (!index) {
+    dev.reason = what + ", whose GPU is none of the " + std::to_string(all.size()) +
+                 " GPU(s) NVML lists; compare nvidia-smi -L";
+    return;
+  }
+  dev.reason = counted_by(*index);
+  if (!dev.reason.empty()) {
+    dev.reason = what + ", on " + dev.reason;
+    return;
+  }
+  open_gpu(dev, all[*index], *index);
+}
+
+// Empty when no earlier gpu:<i> reports NVML device nvml_index, else a
+// reason naming the one that does: a GPU's energy counts once.
+std::string NvmlSource::Impl::counted_by(unsigned int nvml_index) const {
+  for (const auto& d : devices) {
+    if (d.handle == nullptr || d.nvml_index != nvml_index) continue;
+    return "the GPU " + (d.uuid.empty() ? "at NVML index " + std::to_string(nvml_index) : d.uuid) +
+           " that " + d.domain + " already reports whole (its energy counts once)";
+  }
+  return {};
 }
 
 std::string NvmlSource::Impl::order_reason(const VisibleEntry& entry) const {
@@ -714,6 +791,10 @@ void NvmlSource::Impl::open_gpu(Device& dev, const NvmlDeviceInfo& info, unsigne
   dev.uuid = info.uuid;
   dev.detail = (info.name.empty() ? std::string("NVIDIA GPU") : info.name) + " " +
                (info.uuid.empty() ? "(" + where + ")" : info.uuid);
+  if (!dev.mig.empty()) {
+    dev.detail = "whole GPU " + dev.detail + " (MIG instance " + dev.mig +
+                 "; energy is the whole GPU's, shared by all its instances)";
+  }
 
   // Prefer the energy counter (Volta and newer): it integrates on the GPU
   // at its own rate, so nothing between our samples is lost. Older GPUs:
@@ -795,6 +876,61 @@ std::int64_t NvmlSource::Impl::power_window_ns(nvmlDevice_t handle) const {
       api.get_compute_capability(handle, &major, &minor) != kNvmlSuccess)
     return -1;
   return std::make_pair(major, minor) >= std::make_pair(8, 6) ? 1000000000LL : 0;
+}
+
+// ---------------------------------------------------------------- power limits
+
+std::optional<unsigned int> NvmlSource::Impl::read_limit(GetUintFn fn, const char* what,
+                                                         nvmlDevice_t handle,
+                                                         std::string& reason) const {
+  unsigned int mw = 0;
+  const nvmlReturn_t rc = fn != nullptr ? fn(handle, &mw) : kNvmlFunctionNotFound;
+  if (rc == kNvmlSuccess) return mw;
+  reason += std::string(reason.empty() ? "" : "; ") + what + ": " +
+            (fn == nullptr ? opt.library + " lacks the function" : describe(rc));
+  return std::nullopt;
+}
+
+NvmlPowerLimits NvmlSource::Impl::limits_of(const Device& dev) const {
+  NvmlPowerLimits out;
+  out.domain = dev.domain;
+  out.detail = dev.detail;
+  out.uuid = dev.uuid;
+  if (dev.handle == nullptr) {
+    out.reason = dev.reason;
+    out.fixed_reason = "greenml cannot open this GPU: " + dev.reason;
+    return out;
+  }
+  out.current_mw = read_limit(api.get_limit, "current limit", dev.handle, out.reason);
+  out.default_mw = read_limit(api.get_default_limit, "default limit", dev.handle, out.reason);
+  out.enforced_mw = read_limit(api.get_enforced_limit, "enforced limit", dev.handle, out.reason);
+  unsigned int lo = 0;
+  unsigned int hi = 0;
+  const nvmlReturn_t rc = api.get_limit_range != nullptr ? api.get_limit_range(dev.handle, &lo, &hi)
+                                                         : kNvmlFunctionNotFound;
+  if (rc == kNvmlSuccess) {
+    out.min_mw = lo;
+    out.max_mw = hi;
+  } else {
+    out.reason += std::string(out.reason.empty() ? "" : "; ") + "constraints: " +
+                  (api.get_limit_range == nullptr ? opt.library + " lacks the function"
+                                                  : describe(rc));
+  }
+  if (!dev.mig.empty()) {
+    out.fixed_reason = "gpu:" + dev.domain.substr(4) + " is MIG instance " + dev.mig +
+                       ": its power limit is the whole GPU's, shared by every instance, so "
+                       "greenml does not change it; an administrator can (nvidia-smi -i " +
+                       dev.uuid + " -pl WATTS)";
+  } else if (api.set_limit == nullptr) {
+    out.fixed_reason = opt.library + " lacks nvmlDeviceSetPowerManagementLimit; update the "
+                       "NVIDIA driver";
+  } else if (!out.min_mw || !out.max_mw || !out.current_mw) {
+    out.fixed_reason = "NVML does not report this GPU's " +
+                       std::string(!out.current_mw ? "current power limit" : "limit constraints") +
+                       ", so greenml will not change its limit (it could not restore it, or "
+                       "check a value against the GPU's range)";
+  }
+  return out;
 }
 
 // ---------------------------------------------------------------- fork
@@ -936,6 +1072,51 @@ void NvmlSource::read(std::uint64_t* raw, bool* ok) noexcept {
     ok[i] = rc == kNvmlSuccess;
     Impl::record(p, rc, Impl::stage_read);
   }
+}
+
+std::vector<NvmlPowerLimits> NvmlSource::power_limits() const {
+  std::vector<NvmlPowerLimits> out;
+  for (const auto& dev : impl_->devices) out.push_back(impl_->limits_of(dev));
+  return out;
+}
+
+NvmlSetResult NvmlSource::set_power_limit(const std::string& domain, unsigned int limit_mw) {
+  const Impl& im = *impl_;
+  const auto it = std::find_if(im.devices.begin(), im.devices.end(),
+                               [&](const Impl::Device& d) { return d.domain == domain; });
+  if (it == im.devices.end()) {
+    std::string known;
+    for (const auto& d : im.devices) known += (known.empty() ? "" : ", ") + d.domain;
+    return {kNvmlInvalidArgument,
+            "no GPU " + domain + " here (" +
+                (known.empty() ? (im.global_reason.empty() ? std::string("NVML sees no GPU")
+                                                           : im.global_reason)
+                               : "known: " + known) +
+                "); nothing was changed"};
+  }
+  const NvmlPowerLimits lim = im.limits_of(*it);
+  if (!lim.fixed_reason.empty()) return {kNvmlNotSupported, lim.fixed_reason + "; nothing was changed"};
+  const auto watts = [](unsigned int mw) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%.3g W", static_cast<double>(mw) / 1000.0);
+    return std::string(buf);
+  };
+  if (limit_mw < *lim.min_mw || limit_mw > *lim.max_mw) {
+    return {kNvmlInvalidArgument, domain + " (" + it->detail + ") accepts power limits from " +
+                                      watts(*lim.min_mw) + " to " + watts(*lim.max_mw) + ", not " +
+                                      watts(limit_mw) + "; nothing was changed"};
+  }
+  const nvmlReturn_t rc = im.api.set_limit(it->handle, limit_mw);
+  if (rc == kNvmlSuccess) return {};
+  std::string msg = "cannot set the power limit of " + domain + " (" + it->detail + ") to " +
+                    watts(limit_mw) + ": " + im.describe(rc);
+  if (rc == kNvmlNoPermission) {
+    msg += "; changing a GPU power limit needs root: run as root (e.g. sudo), or have an "
+           "administrator set it (nvidia-smi -i " + it->uuid + " -pl WATTS)";
+  } else {
+    msg += Impl::advice(rc);
+  }
+  return {rc, msg + "; nothing was changed"};
 }
 
 void NvmlSource::after_fork_in_child() noexcept {

@@ -143,6 +143,16 @@ class NvmlSource(Source):
         """
         cuda_visible_devices and cuda_device_order: the CUDA_VISIBLE_DEVICES and CUDA_DEVICE_ORDER values the process runs with (None = unset). cuda_uuids: the UUIDs of cuda:0, cuda:1, ... from the loaded CUDA runtime, which then decide gpu:<i> outright (None = no runtime to ask). load_hint and order_hint end the reasons given when the library cannot be loaded and when CUDA's numbering of mixed GPU models cannot be known.
         """
+    def power_limits(self) -> list:
+        """
+        Power limits of every gpu:<i>, read only: dicts with domain, detail, uuid, current_w, default_w, min_w, max_w, enforced_w (W, None when NVML cannot tell), fixed_reason (why greenml will not change it, else '') and reason (why values are unknown, else '').
+        """
+    def set_power_limit(
+        self, domain: str, limit_w: typing.SupportsFloat | typing.SupportsIndex
+    ) -> tuple[int, str]:
+        """
+        Sets gpu:<i>'s power management limit (W, rounded to mW; needs root). Returns (nvmlReturn_t, message): 0 and '' on success; otherwise nothing was changed and the message says why and what to do. Values outside the GPU's constraints are refused without asking NVML.
+        """
 
 class ModelSource(Source):
     """

@@ -567,15 +567,15 @@ TEST_CASE("nvml: CUDA_VISIBLE_DEVICES maps gpu:<i> to the process's order") {
     REQUIRE(st.size() == 1);
     CHECK(contains(st[0].reason, "CUDA_VISIBLE_DEVICES=\"-1\""));
   }
-  SUBCASE("a MIG instance is a reason, not a crash") {
+  SUBCASE("a MIG instance no GPU has is a reason, not a crash") {
     NvmlSource src(kLib, std::string("MIG-4f5e6d7c-1234-5678-9abc-def012345678"));
     CHECK(src.channels().empty());
     const auto st = src.status();
     REQUIRE(st.size() == 1);
     CHECK(st[0].domain == "gpu:0");
     CHECK_FALSE(st[0].available);
-    CHECK(contains(st[0].reason, "MIG"));
-    CHECK(contains(st[0].reason, "no energy counter of their own"));
+    CHECK(contains(st[0].reason, "MIG instance MIG-4f5e6d7c"));
+    CHECK(contains(st[0].reason, "not found (NVML_ERROR_NOT_FOUND)"));
     src.read(nullptr, nullptr);
   }
   SUBCASE("unset means every GPU in NVML order") {
@@ -759,7 +759,7 @@ TEST_CASE("nvml: the CUDA runtime's UUIDs decide gpu:<i> outright") {
     CHECK(st[0].domain == "gpu:0");
     CHECK(contains(st[0].reason, "cuda:0 has UUID GPU-cccccccc"));
   }
-  SUBCASE("a MIG instance is a reason") {
+  SUBCASE("a MIG instance no GPU has is a reason") {
     o.cuda_uuids = std::vector<std::string>{kUuid1, "MIG-4f5e6d7c-1234-5678-9abc-def012345678"};
     NvmlSource src(o);
     REQUIRE(src.channels().size() == 1);
@@ -774,6 +774,148 @@ TEST_CASE("nvml: the CUDA runtime's UUIDs decide gpu:<i> outright") {
     REQUIRE(st.size() == 1);
     CHECK(st[0].domain == "gpu");
     CHECK(contains(st[0].reason, "the CUDA runtime sees no GPU"));
+  }
+}
+
+// ---------------------------------------------------------------- MIG
+
+namespace {
+const std::string kMigA = "MIG-11111111-aaaa-4aaa-8aaa-aaaaaaaaaaaa";
+const std::string kMigB = "MIG-22222222-bbbb-4bbb-8bbb-bbbbbbbbbbbb";
+const std::string kMigC = "MIG-33333333-cccc-4ccc-8ccc-cccccccccccc";
+}  // namespace
+
+TEST_CASE("nvml: a MIG instance reports its whole GPU, once however many instances are selected") {
+  FakeNvml fake;
+  fake.three_gpus();
+  fake.set(1, "mig_uuids", kMigA + "\n" + kMigB);
+  fake.set(2, "mig_uuids", kMigC);
+  SUBCASE("one instance: the parent's counter, labelled whole-GPU") {
+    NvmlSource src(kLib, kMigB);
+    const auto& ch = src.channels();
+    REQUIRE(ch.size() == 1);
+    CHECK(ch[0].domain == "gpu:0");
+    CHECK(ch[0].uuid == kUuid1);
+    CHECK(contains(ch[0].detail, "whole GPU NVIDIA A100-SXM4-40GB " + kUuid1));
+    CHECK(contains(ch[0].detail, "MIG instance " + kMigB));
+    CHECK(contains(ch[0].detail, "shared by all its instances"));
+    CHECK(read_all(src).raw[0] == 2000ULL);
+    CHECK(src.status()[0].available);
+  }
+  SUBCASE("two instances of one GPU count it once; another GPU's instance counts too") {
+    NvmlSource src(kLib, kMigA + "," + kMigB + "," + kMigC);
+    const auto& ch = src.channels();
+    REQUIRE(ch.size() == 2);
+    CHECK(ch[0].domain == "gpu:0");
+    CHECK(ch[0].uuid == kUuid1);
+    CHECK(ch[1].domain == "gpu:2");
+    CHECK(ch[1].uuid == kUuid2);
+    const auto st = src.status();
+    REQUIRE(st.size() == 3);
+    CHECK_FALSE(st[1].available);
+    CHECK(contains(st[1].reason, "MIG instance " + kMigB));
+    CHECK(contains(st[1].reason, "gpu:0 already reports whole"));
+  }
+  SUBCASE("an instance after its whole GPU is counted once too") {
+    NvmlOptions o;
+    o.library = kLib;
+    o.cuda_uuids = std::vector<std::string>{kUuid1, kMigA};
+    NvmlSource src(o);
+    REQUIRE(src.channels().size() == 1);
+    const auto st = src.status();
+    REQUIRE(st.size() == 2);
+    CHECK(contains(st[1].reason, "cuda:1 is MIG instance " + kMigA));
+    CHECK(contains(st[1].reason, "gpu:0 already reports whole"));
+  }
+  SUBCASE("the CUDA runtime's MIG UUID maps the same way") {
+    NvmlOptions o;
+    o.library = kLib;
+    o.cuda_uuids = std::vector<std::string>{kMigC};
+    NvmlSource src(o);
+    REQUIRE(src.channels().size() == 1);
+    CHECK(src.channels()[0].uuid == kUuid2);
+    CHECK(read_all(src).raw[0] == 3000ULL);
+  }
+}
+
+// ---------------------------------------------------------------- power limits
+
+namespace {
+// Three GPUs; gpu:0 has a 250 W limit settable from 100 W to 350 W (default 300 W).
+void gpu0_with_limits(FakeNvml& fake) {
+  fake.three_gpus();
+  fake.set(0, "power_limit_mw", "250000");
+  fake.set(0, "power_default_limit_mw", "300000");
+  fake.set(0, "power_min_limit_mw", "100000");
+  fake.set(0, "power_max_limit_mw", "350000");
+}
+}  // namespace
+
+TEST_CASE("nvml: power limits are read without changing anything") {
+  FakeNvml fake;
+  gpu0_with_limits(fake);
+  fake.log_calls();
+  NvmlSource src(kLib, std::nullopt);
+  const auto lims = src.power_limits();
+  REQUIRE(lims.size() == 3);
+  CHECK(lims[0].domain == "gpu:0");
+  CHECK(lims[0].uuid == kUuid0);
+  CHECK(lims[0].current_mw == 250000U);
+  CHECK(lims[0].enforced_mw == 250000U);
+  CHECK(lims[0].default_mw == 300000U);
+  CHECK(lims[0].min_mw == 100000U);
+  CHECK(lims[0].max_mw == 350000U);
+  CHECK(lims[0].reason.empty());
+  CHECK(lims[0].fixed_reason.empty());
+  // A GPU whose limits NVML does not report: unknown values, reasons, and no changes.
+  CHECK_FALSE(lims[1].current_mw.has_value());
+  CHECK_FALSE(lims[1].max_mw.has_value());
+  CHECK(contains(lims[1].reason, "current limit: not supported by this GPU"));
+  CHECK(contains(lims[1].fixed_reason, "will not change its limit"));
+  for (const auto& call : fake.calls_of(static_cast<long>(::getpid()))) CHECK(call != "set_limit");
+}
+
+TEST_CASE("nvml: setting a power limit checks the range, reports missing privileges, changes nothing on failure") {
+  FakeNvml fake;
+  gpu0_with_limits(fake);
+  NvmlSource src(kLib, std::nullopt);
+  const auto current = [&] { return *src.power_limits()[0].current_mw; };
+  SUBCASE("inside the range: set") {
+    const auto r = src.set_power_limit("gpu:0", 150000);
+    CHECK(r.code == 0);
+    CHECK(current() == 150000U);
+  }
+  SUBCASE("outside the range: refused before NVML is asked") {
+    fake.log_calls();
+    const auto r = src.set_power_limit("gpu:0", 400000);
+    CHECK(r.code == 2);
+    CHECK(contains(r.message, "accepts power limits from 100 W to 350 W, not 400 W"));
+    CHECK(contains(r.message, "nothing was changed"));
+    CHECK(current() == 250000U);
+    for (const auto& call : fake.calls_of(static_cast<long>(::getpid()))) CHECK(call != "set_limit");
+  }
+  SUBCASE("without root: NO_PERMISSION says what is needed") {
+    fake.set(0, "set_limit_error", "4");
+    const auto r = src.set_power_limit("gpu:0", 150000);
+    CHECK(r.code == 4);
+    CHECK(contains(r.message, "needs root"));
+    CHECK(contains(r.message, "nvidia-smi -i " + kUuid0 + " -pl WATTS"));
+    CHECK(current() == 250000U);
+  }
+  SUBCASE("an unknown domain or a GPU without constraints") {
+    CHECK(contains(src.set_power_limit("gpu:7", 150000).message, "no GPU gpu:7 here (known: gpu:0, gpu:1, gpu:2)"));
+    CHECK(src.set_power_limit("gpu:1", 150000).code == 3);
+  }
+  SUBCASE("a MIG instance's limit is its whole GPU's: refused") {
+    fake.set(0, "mig_uuids", kMigA);
+    NvmlSource mig(kLib, kMigA);
+    const auto lims = mig.power_limits();
+    REQUIRE(lims.size() == 1);
+    CHECK(lims[0].current_mw == 250000U);
+    const auto r = mig.set_power_limit("gpu:0", 150000);
+    CHECK(r.code == 3);
+    CHECK(contains(r.message, "is MIG instance " + kMigA));
+    CHECK(current() == 250000U);
   }
 }
 

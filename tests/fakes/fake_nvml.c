@@ -15,17 +15,31 @@
  *   $FAKE_NVML_DIR/<i>/profile       time-driven model, see below (wins over the static files)
  *   $FAKE_NVML_DIR/<i>/pci_bus_id    "domain:bus:device.function" in hex, e.g. 0000:3b:00.0;
  *                                    default 0000:<16+i>:00.0, so PCI order is NVML order
- *   $FAKE_NVML_DIR/<i>/power_limit_mw      enforced power limit (mW); missing = NOT_SUPPORTED
+ *   $FAKE_NVML_DIR/<i>/power_limit_mw      power limit (mW): both the management limit
+ *                                          (nvmlDeviceGetPowerManagementLimit) and the enforced
+ *                                          one (nvmlDeviceGetEnforcedPowerLimit); missing =
+ *                                          NOT_SUPPORTED. nvmlDeviceSetPowerManagementLimit
+ *                                          rewrites it (see "Power limits" below).
  *   $FAKE_NVML_DIR/<i>/power_max_limit_mw  largest settable limit (mW); missing = NOT_SUPPORTED
+ *                                          for the constraints, and for setting a limit
+ *   $FAKE_NVML_DIR/<i>/power_min_limit_mw  smallest settable limit (mW); missing = 0
+ *   $FAKE_NVML_DIR/<i>/power_default_limit_mw  nvmlDeviceGetPowerManagementDefaultLimit (mW);
+ *                                          missing = NOT_SUPPORTED
+ *   $FAKE_NVML_DIR/<i>/limit_history       "t_ns limit_mw" lines appended by every set (below)
+ *   $FAKE_NVML_DIR/<i>/mig_uuids           MIG instance UUIDs ("MIG-..."), one a line: instances
+ *                                          of this GPU, found by nvmlDeviceGetHandleByUUID;
+ *                                          nvmlDeviceGetDeviceHandleFromMigDeviceHandle gives
+ *                                          this GPU back
  *   $FAKE_NVML_DIR/<i>/cuda_cc       CUDA compute capability "major.minor"; missing = NOT_SUPPORTED
- *   $FAKE_NVML_DIR/<i>/{energy,power,handle,uuid,name}_error
+ *   $FAKE_NVML_DIR/<i>/{energy,power,handle,uuid,name,set_limit}_error
  *                                    optional nvmlReturn_t injected into that call
  *                                    (e.g. 3 NOT_SUPPORTED, 4 NO_PERMISSION, 15 GPU_IS_LOST);
- *                                    0 or a missing file means no error.
+ *                                    0 or a missing file means no error. set_limit_error = 4
+ *                                    is a process without root: the set fails, nothing changes.
  *   $FAKE_NVML_DIR/calls.log         when this file exists, every NVML call appends a line
  *                                    "<pid> <call>" to it (call: init, shutdown, count, handle,
  *                                    handle_by_uuid, uuid, name, pci, energy, power, limit,
- *                                    cc), one write(2) per line so processes never interleave.
+ *                                    cc, set_limit, mig_parent), one write(2) per line so processes never interleave.
  *
  * A counter reset is a smaller energy_mj (or a profile restarted with t0 = now);
  * a GPU lost mid-run is energy_error/power_error = 15; a counter that stops
@@ -46,6 +60,18 @@
  *   power_mw = llround(1000 * (E(tau) - E(tau - 1)))   (clamped at 0; E as above,
  *   extended to negative tau by the same formula)
  * Keep base_w >= |amp_w| so the counter never runs backwards.
+ *
+ * Power limits. nvmlDeviceSetPowerManagementLimit(dev, mw) returns NOT_SUPPORTED without
+ * power_max_limit_mw, INVALID_ARGUMENT outside [power_min_limit_mw, power_max_limit_mw], the
+ * injected set_limit_error if any (then nothing changes); otherwise it rewrites power_limit_mw
+ * and appends "<CLOCK_MONOTONIC ns> <mw>" to limit_history (first "0 <old limit>" when the
+ * history is empty, so the lines cover all time). A profile's power responds to the limit: with
+ * peak = base_w + |amp_w| + burst_w and L(t) the limit in force at t (the last history line at
+ * or before t; without a history, power_limit_mw; no file = no limit), the GPU draws
+ *   P_capped(t) = P(t) * min(1, L(t) / peak)
+ * which is exactly min(P, L) for a constant profile (amp 0, no bursts) and never exceeds L. The
+ * energy counter and the power reading integrate P_capped piecewise over the history; with no
+ * limit below the peak they are the uncapped formulas above, bit for bit.
  *
  * Compile-time switches build variants:
  *   -DFAKE_NVML_NO_ENERGY   no nvmlDeviceGetTotalEnergyConsumption (pre-Volta driver)
@@ -97,7 +123,13 @@ enum {
 
 #define FAKE_MAX_DEVICES 64
 
+static int mig_uuid(unsigned int index, unsigned int k, char* buf, size_t size);
+
+#define FAKE_MAX_MIG_PER_GPU 8
+
 static struct fake_nvml_device g_devices[FAKE_MAX_DEVICES];
+/* MIG instance handles: g_mig[i][k] is instance k of GPU i (its index field holds i). */
+static struct fake_nvml_device g_mig[FAKE_MAX_DEVICES][FAKE_MAX_MIG_PER_GPU];
 static int g_init_count;  /* nvmlInit minus nvmlShutdown, like NVML's ref count */
 static pid_t g_init_pid;  /* the process g_init_count belongs to */
 
@@ -221,21 +253,92 @@ static double profile_energy_j(const struct profile* p, double tau) {
          p->amp_w / (two_pi * p->freq_hz) * (1.0 - cos(two_pi * p->freq_hz * tau));
 }
 
+/* ---- power limits and the capped profile --------------------------------- */
+
+#define FAKE_MAX_LIMIT_SEGMENTS 1024 /* on the stack: the sampler thread reads too */
+
+struct limit_segment {
+  long long t_ns;   /* in force from here */
+  double limit_mw;  /* < 0: no limit */
+};
+
+/* The limits in force over time, oldest first; returns how many. */
+static int read_limit_history(unsigned int index, struct limit_segment* seg, int max) {
+  const char* dir = getenv("FAKE_NVML_DIR");
+  char path[4096];
+  FILE* f;
+  int n = 0;
+  long long t, mw;
+  if (dir != NULL && snprintf(path, sizeof path, "%s/%u/limit_history", dir, index) < (int)sizeof path &&
+      (f = fopen(path, "r")) != NULL) {
+    while (n < max && fscanf(f, "%lld %lld", &t, &mw) == 2) {
+      seg[n].t_ns = t;
+      seg[n].limit_mw = (double)mw;
+      ++n;
+    }
+    fclose(f);
+  }
+  if (n == 0) {
+    seg[0].t_ns = 0;
+    seg[0].limit_mw = read_device_ll(index, "power_limit_mw", &mw) && mw > 0 ? (double)mw : -1.0;
+    n = 1;
+  }
+  return n;
+}
+
+static double profile_peak_w(const struct profile* p) {
+  return p->base_w + fabs(p->amp_w) + (p->burst_w > 0.0 ? p->burst_w : 0.0);
+}
+
+/* min(1, L / peak): the fraction of the profile's power a limit lets through. */
+static double cap_scale(const struct profile* p, double limit_mw) {
+  const double peak = profile_peak_w(p);
+  if (limit_mw < 0.0 || peak <= 0.0 || limit_mw / 1000.0 >= peak) return 1.0;
+  return limit_mw / 1000.0 / peak;
+}
+
+/* Energy (J) of the capped profile between CLOCK_MONOTONIC times a_ns <= b_ns. */
+static double capped_energy_j(unsigned int index, const struct profile* p, long long a_ns,
+                              long long b_ns) {
+  struct limit_segment seg[FAKE_MAX_LIMIT_SEGMENTS];
+  const int n = read_limit_history(index, seg, FAKE_MAX_LIMIT_SEGMENTS);
+  double e = 0.0;
+  int k;
+  int capped = 0;
+  for (k = 0; k < n; ++k) capped |= cap_scale(p, seg[k].limit_mw) < 1.0;
+  if (!capped) { /* the uncapped formulas, bit for bit */
+    const double tau = (double)(b_ns - p->t0_ns) / 1e9;
+    return profile_energy_j(p, tau) - (b_ns - a_ns == 1000000000LL
+                                           ? profile_energy_j(p, tau - 1.0)
+                                           : profile_energy_j(p, (double)(a_ns - p->t0_ns) / 1e9));
+  }
+  for (k = 0; k < n; ++k) {
+    /* The first segment also covers all time before it. */
+    const long long lo = k == 0 ? a_ns : (seg[k].t_ns > a_ns ? seg[k].t_ns : a_ns);
+    const long long hi = k + 1 < n ? (seg[k + 1].t_ns < b_ns ? seg[k + 1].t_ns : b_ns) : b_ns;
+    if (hi <= lo) continue;
+    e += cap_scale(p, seg[k].limit_mw) * (profile_energy_j(p, (double)(hi - p->t0_ns) / 1e9) -
+                                          profile_energy_j(p, (double)(lo - p->t0_ns) / 1e9));
+  }
+  return e;
+}
+
 #ifndef FAKE_NVML_NO_ENERGY
-static unsigned long long profile_energy_mj(const struct profile* p, long long now_ns) {
+static unsigned long long profile_energy_mj(unsigned int index, const struct profile* p,
+                                            long long now_ns) {
   const long long u = llround(p->update_ms * 1e6);
   long long d = now_ns - p->t0_ns;
   double e;
   if (d < 0) return 0;
   if (u > 0) d = (d / u) * u;
-  e = floor(1000.0 * profile_energy_j(p, (double)d / 1e9));
+  e = floor(1000.0 * capped_energy_j(index, p, p->t0_ns, p->t0_ns + d));
   return e < 0 ? 0ULL : (unsigned long long)e;
 }
 #endif
 
-static unsigned int profile_power_mw(const struct profile* p, long long now_ns) {
-  const double tau = (double)(now_ns - p->t0_ns) / 1e9;
-  const double mw = 1000.0 * (profile_energy_j(p, tau) - profile_energy_j(p, tau - 1.0));
+static unsigned int profile_power_mw(unsigned int index, const struct profile* p,
+                                     long long now_ns) {
+  const double mw = 1000.0 * capped_energy_j(index, p, now_ns - 1000000000LL, now_ns);
   return mw < 0 ? 0U : (unsigned int)llround(mw);
 }
 
@@ -345,7 +448,7 @@ FAKE_EXPORT nvmlReturn_t nvmlDeviceGetTotalEnergyConsumption(nvmlDevice_t device
   rc = injected(device->index, "energy");
   if (rc != NVML_SUCCESS) return rc;
   if (read_profile(device->index, &p)) {
-    *energy = profile_energy_mj(&p, monotonic_ns());
+    *energy = profile_energy_mj(device->index, &p, monotonic_ns());
     return NVML_SUCCESS;
   }
   if (!read_device_ll(device->index, "energy_mj", &mj)) return NVML_ERROR_NOT_SUPPORTED;
@@ -365,7 +468,7 @@ FAKE_EXPORT nvmlReturn_t nvmlDeviceGetPowerUsage(nvmlDevice_t device, unsigned i
   rc = injected(device->index, "power");
   if (rc != NVML_SUCCESS) return rc;
   if (read_profile(device->index, &p)) {
-    *power = profile_power_mw(&p, monotonic_ns());
+    *power = profile_power_mw(device->index, &p, monotonic_ns());
     return NVML_SUCCESS;
   }
   if (!read_device_ll(device->index, "power_mw", &mw)) return NVML_ERROR_NOT_SUPPORTED;
@@ -399,6 +502,16 @@ FAKE_EXPORT nvmlReturn_t nvmlDeviceGetHandleByUUID(const char* uuid, nvmlDevice_
     if (!read_device_file(i, "uuid", buf, sizeof buf))
       snprintf(buf, sizeof buf, "GPU-%08x-0000-4000-8000-%012x", i, 0xfeed0000U + i);
     if (strcmp(buf, uuid) == 0) return do_get_handle_quiet(i, device);
+  }
+  for (i = 0; i < n; ++i) {
+    unsigned int k;
+    for (k = 0; k < FAKE_MAX_MIG_PER_GPU && mig_uuid(i, k, buf, sizeof buf); ++k) {
+      if (strcmp(buf, uuid) == 0) {
+        g_mig[i][k].index = i;
+        *device = &g_mig[i][k];
+        return NVML_SUCCESS;
+      }
+    }
   }
   return NVML_ERROR_NOT_FOUND;
 }
@@ -456,12 +569,101 @@ FAKE_EXPORT nvmlReturn_t nvmlDeviceGetEnforcedPowerLimit(nvmlDevice_t device, un
   return read_uint(device, "power_limit_mw", "limit", limit);
 }
 
+FAKE_EXPORT nvmlReturn_t nvmlDeviceGetPowerManagementLimit(nvmlDevice_t device, unsigned int* limit) {
+  return read_uint(device, "power_limit_mw", "limit", limit);
+}
+
+FAKE_EXPORT nvmlReturn_t nvmlDeviceGetPowerManagementDefaultLimit(nvmlDevice_t device,
+                                                                   unsigned int* limit) {
+  return read_uint(device, "power_default_limit_mw", "limit", limit);
+}
+
 FAKE_EXPORT nvmlReturn_t nvmlDeviceGetPowerManagementLimitConstraints(nvmlDevice_t device,
                                                                        unsigned int* min_limit,
                                                                        unsigned int* max_limit) {
+  long long lo = 0;
   nvmlReturn_t rc = read_uint(device, "power_max_limit_mw", "limit", max_limit);
-  if (rc == NVML_SUCCESS && min_limit != NULL) *min_limit = 0;
+  if (rc == NVML_SUCCESS && min_limit != NULL)
+    *min_limit = read_device_ll(device->index, "power_min_limit_mw", &lo) && lo > 0
+                     ? (unsigned int)lo : 0U;
   return rc;
+}
+
+/* Writes "<text>\n" to $FAKE_NVML_DIR/<i>/<name> through a temporary and a rename, or appends
+ * it; returns 0 on success. */
+static int write_device_file(unsigned int index, const char* name, const char* text, int append) {
+  const char* dir = getenv("FAKE_NVML_DIR");
+  char path[4096], tmp[4200], line[128];
+  int fd, n;
+  if (dir == NULL) return -1;
+  if (snprintf(path, sizeof path, "%s/%u/%s", dir, index, name) >= (int)sizeof path) return -1;
+  n = snprintf(line, sizeof line, "%s\n", text);
+  if (append) {
+    fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0) return -1;
+    if (write(fd, line, (size_t)n) != n) n = -1;
+    close(fd);
+    return n < 0 ? -1 : 0;
+  }
+  snprintf(tmp, sizeof tmp, "%s.%ld.tmp", path, (long)getpid());
+  fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) return -1;
+  if (write(fd, line, (size_t)n) != n) n = -1;
+  close(fd);
+  if (n < 0 || rename(tmp, path) != 0) return -1;
+  return 0;
+}
+
+FAKE_EXPORT nvmlReturn_t nvmlDeviceSetPowerManagementLimit(nvmlDevice_t device, unsigned int limit) {
+  long long hi = 0, lo = 0, old = -1;
+  char text[64], probe[8];
+  nvmlReturn_t rc;
+  log_call("set_limit");
+  rc = check_device(device);
+  if (rc != NVML_SUCCESS) return rc;
+  rc = injected(device->index, "set_limit");
+  if (rc != NVML_SUCCESS) return rc;
+  if (!read_device_ll(device->index, "power_max_limit_mw", &hi)) return NVML_ERROR_NOT_SUPPORTED;
+  if (!read_device_ll(device->index, "power_min_limit_mw", &lo)) lo = 0;
+  if ((long long)limit < lo || (long long)limit > hi) return NVML_ERROR_INVALID_ARGUMENT;
+  if (!read_device_file(device->index, "limit_history", probe, sizeof probe) || probe[0] == '\0') {
+    if (!read_device_ll(device->index, "power_limit_mw", &old)) old = -1;
+    snprintf(text, sizeof text, "0 %lld", old);
+    if (write_device_file(device->index, "limit_history", text, 1) != 0) return NVML_ERROR_UNKNOWN;
+  }
+  snprintf(text, sizeof text, "%lld %u", monotonic_ns(), limit);
+  if (write_device_file(device->index, "limit_history", text, 1) != 0) return NVML_ERROR_UNKNOWN;
+  snprintf(text, sizeof text, "%u", limit);
+  if (write_device_file(device->index, "power_limit_mw", text, 0) != 0) return NVML_ERROR_UNKNOWN;
+  return NVML_SUCCESS;
+}
+
+/* ---- MIG ------------------------------------------------------------------- */
+
+/* The k-th line of GPU i's mig_uuids, into buf; 0 when there is none. */
+static int mig_uuid(unsigned int index, unsigned int k, char* buf, size_t size) {
+  char all[2048];
+  char* line;
+  char* save = NULL;
+  unsigned int j = 0;
+  if (!read_device_file(index, "mig_uuids", all, sizeof all)) return 0;
+  for (line = strtok_r(all, "\n", &save); line != NULL; line = strtok_r(NULL, "\n", &save), ++j) {
+    if (j == k) {
+      snprintf(buf, size, "%s", line);
+      return 1;
+    }
+  }
+  return 0;
+}
+
+FAKE_EXPORT nvmlReturn_t nvmlDeviceGetDeviceHandleFromMigDeviceHandle(nvmlDevice_t mig,
+                                                                       nvmlDevice_t* device) {
+  log_call("mig_parent");
+  if (init_count() <= 0) return NVML_ERROR_UNINITIALIZED;
+  if (device == NULL || mig == NULL || mig < &g_mig[0][0] ||
+      mig >= &g_mig[0][0] + FAKE_MAX_DEVICES * FAKE_MAX_MIG_PER_GPU)
+    return NVML_ERROR_INVALID_ARGUMENT;
+  return do_get_handle_quiet(mig->index, device);
 }
 
 FAKE_EXPORT nvmlReturn_t nvmlDeviceGetCudaComputeCapability(nvmlDevice_t device, int* major,

@@ -37,6 +37,31 @@ struct NvmlOptions {
   std::string order_hint;
 };
 
+// One GPU's power limits in milliwatts, as NVML reports them; nullopt where
+// NVML cannot tell (reason says why).
+struct NvmlPowerLimits {
+  std::string domain;  // gpu:<i>
+  std::string detail;  // as in ChannelInfo::detail
+  std::string uuid;    // the GPU's UUID (the parent GPU's for a MIG instance)
+  std::optional<unsigned int> current_mw;   // nvmlDeviceGetPowerManagementLimit
+  std::optional<unsigned int> default_mw;   // nvmlDeviceGetPowerManagementDefaultLimit
+  std::optional<unsigned int> min_mw;       // nvmlDeviceGetPowerManagementLimitConstraints
+  std::optional<unsigned int> max_mw;
+  std::optional<unsigned int> enforced_mw;  // nvmlDeviceGetEnforcedPowerLimit
+  // Set when the limit cannot be changed through greenml whatever the
+  // privileges (no constraints, a MIG instance, no GPU); empty otherwise.
+  std::string fixed_reason;
+  std::string reason;  // why some values are unknown; empty when all were read
+};
+
+// The outcome of a power-limit change: code is the nvmlReturn_t (0 =
+// success; nothing changed otherwise), message says what happened and what
+// to do.
+struct NvmlSetResult {
+  int code = 0;
+  std::string message;
+};
+
 class NvmlSource final : public Source {
  public:
   // Never throws: any failure becomes a reason in status().
@@ -57,6 +82,14 @@ class NvmlSource final : public Source {
   [[nodiscard]] std::string name() const override { return "nvml"; }
   // Only sets flags; read() does the work.
   void after_fork_in_child() noexcept override;
+
+  // Power limits of every gpu:<i> this source knows, readable or not. Reads
+  // only; never needs root.
+  [[nodiscard]] std::vector<NvmlPowerLimits> power_limits() const;
+  // Sets gpu:<i>'s power management limit (needs root). Refuses a value
+  // outside the GPU's constraints and a MIG instance (its limit is the whole
+  // GPU's) without calling NVML. Never throws; not for the sampler thread.
+  [[nodiscard]] NvmlSetResult set_power_limit(const std::string& domain, unsigned int limit_mw);
 
  private:
   struct Impl;
