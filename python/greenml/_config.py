@@ -137,6 +137,10 @@ def settings_from_env(env: Optional[Mapping[str, str]] = None) -> Settings:
         kwargs["sources"] = parse_sources(env["GREENML_SOURCES"])
     if env.get("GREENML_ESTIMATE") is not None:
         kwargs["estimate"] = parse_estimate(env["GREENML_ESTIMATE"])
+    if env.get("GREENML_HOST_ID") is not None:
+        from ._distributed import parse_host_id
+
+        parse_host_id(env["GREENML_HOST_ID"])  # validated here; read where records are made
     if "CUDA_VISIBLE_DEVICES" in env:
         kwargs["cuda_visible_devices"] = env["CUDA_VISIBLE_DEVICES"]
     if "CUDA_DEVICE_ORDER" in env:

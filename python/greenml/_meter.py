@@ -18,6 +18,7 @@ import numpy as np
 from . import _carbon
 from ._baseline import Baseline
 from ._cuda import sync_cuda
+from . import _distributed
 from ._errors import GreenmlError
 from ._records import RecordLog, new_run_id
 from ._result import Measurement, NothingMeasuredWarning, max_power_w, partial_events
@@ -129,8 +130,27 @@ class Meter:
         runtime: Optional[Runtime] = None,
         max_step_records: int = 100_000,
         trace: Optional[str] = None,
+        distributed: bool = False,
+        gpus: str = "local",
+        group: Any = None,
+        distributed_timeout_s: float = _distributed.DEFAULT_TIMEOUT_S,
     ) -> None:
         self.name = name
+        if gpus not in _distributed.GPU_CHOICES:
+            raise GreenmlError(f"gpus={gpus!r}: use 'local' (the GPU this rank uses) or 'all'")
+        if not (distributed_timeout_s > 0):
+            raise GreenmlError(
+                f"distributed_timeout_s={distributed_timeout_s!r}: give the seconds a rank may "
+                "wait for the others at the meter's end (> 0)"
+            )
+        self._distributed = bool(distributed)
+        self._gpus = gpus
+        self._group = group
+        self._dist_timeout_s = float(distributed_timeout_s)
+        self._job_ranks: Optional[List[Dict[str, Any]]] = None  # every rank's report
+        self._job_note: Optional[str] = None  # why the job total is not available
+        self._job_cache: Dict[Optional[str], Optional[Measurement]] = {}
+        self._block_raised = False
         self._trace_path = check_trace_path(trace) if trace else None
         self._rt = runtime if runtime is not None else default_runtime()
         env: Mapping[str, str] = (
@@ -180,6 +200,10 @@ class Meter:
             self._phase_totals.clear()
         self._steps_value = None
         self._run_id_value = None
+        self._job_ranks = None
+        self._job_note = None
+        self._job_cache = {}
+        self._block_raised = False
         self._t_start_unix = time.time()
         self._pid = os.getpid()
         self._forked_copy = False
@@ -215,6 +239,8 @@ class Meter:
             self._full_rate = False
         if self._steps_value is not None:
             self._steps_value.end(w.t1_ns)
+        if self._distributed:
+            self._combine_ranks()
         # The log first: a trace that cannot be written must not lose the record.
         if self._log is not None:
             self._write_log()
@@ -231,17 +257,18 @@ class Meter:
             return
         age = time.monotonic_ns() - w.t1_ns
         if self._snapshot is not None and age > self._rt.settle_lag_ns:
-            self.result(wait=True)  # the tail has arrived: replace the unsettled snapshot
+            self.local_result(wait=True)  # the tail has arrived: replace the snapshot
         if age < self._rt.horizon_ns() // 2:
             return
-        self.result(wait=True)
-        self.phases  # noqa: B018 - resolves and caches every phase
+        self.local_result(wait=True)
+        self.local_phases  # noqa: B018 - resolves and caches every phase
 
     def __enter__(self) -> "Meter":
         return self.start()
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         # An exception inside the block still gets a complete result; it is re-raised.
+        self._block_raised = exc_type is not None
         self.stop()
 
     @property
@@ -308,7 +335,9 @@ class Meter:
         return w
 
     def result(self, wait: Optional[bool] = None) -> Measurement:
-        """The measurement of the whole meter (final once stopped, live before).
+        """The measurement of the whole meter (final once stopped, live before): with
+        ``distributed=True``, once stopped, the job total over every rank (see
+        :meth:`local_result` for this process's own).
 
         A counter updates some time after a window ends (GPUs: up to ~100 ms later), so the
         last stretch of a just-stopped meter is extrapolated until that update arrives.
@@ -321,6 +350,11 @@ class Meter:
         attribute read from it agrees, until a settled one replaces it (``wait=True``, or the
         runtime's settler thread a little later); a settled result never changes.
         """
+        job = self._job_window(None)
+        return job if job is not None else self.local_result(wait)
+
+    def local_result(self, wait: Optional[bool] = None) -> Measurement:
+        """This process's own measurement (the same as :meth:`result` unless distributed)."""
         if self._result is not None:
             return self._result
         if self._forked_copy or (self._window is not None and self._pid != os.getpid()):
@@ -410,7 +444,20 @@ class Meter:
     def phases(self) -> Dict[str, Measurement]:
         """Per phase name, the measurement summed over all its repeats (closed ones), in the
         order the phases first ran. Waits for the last repeats' counter updates as a stopped
-        meter's result does; memory stays bounded however many repeats there are."""
+        meter's result does; memory stays bounded however many repeats there are. With
+        ``distributed=True``, once stopped, each phase's job total over the ranks that ran it
+        (see :attr:`local_phases` for this process's own)."""
+        if self._job_ranks is not None:
+            names = list(self._job_ranks[0].get("phases", {}))
+            for r in self._job_ranks[1:]:
+                names += [n for n in r.get("phases", {}) if n not in names]
+            out = {n: self._job_window(n) for n in names}
+            return {n: m for n, m in out.items() if m is not None}
+        return self.local_phases
+
+    @property
+    def local_phases(self) -> Dict[str, Measurement]:
+        """This process's own phases (the same as :attr:`phases` unless distributed)."""
         if self._pid != os.getpid():
             raise GreenmlError(
                 "this meter was started in the parent process before a fork: its phases are the "
@@ -497,6 +544,99 @@ class Meter:
     )
     settled = property(lambda self: self.result().settled)
 
+    # -- distributed jobs --------------------------------------------------------------------
+
+    def _combine_ranks(self) -> None:
+        """At the end of a distributed meter. Never raises: when the ranks cannot be combined
+        the reason is kept, warned about, and the results stay this rank's own."""
+        if self._block_raised:
+            self._job_note = (
+                "not combined over the ranks: the measured block raised on this rank (the "
+                "other ranks would wait for it); the results are this rank's own"
+            )
+            return
+        try:
+            self.combine_ranks()
+        except Exception as exc:  # noqa: BLE001 - the user's job must go on
+            self._job_note = f"not combined over the ranks ({exc}); the results are this rank's own"
+            warnings.warn(
+                f"greenml meter {self.name!r}: {self._job_note}", RuntimeWarning, stacklevel=4
+            )
+
+    def combine_ranks(
+        self, group: Any = None, gpus: Optional[str] = None, timeout_s: Optional[float] = None
+    ) -> Measurement:
+        """The job total of a stopped meter over every rank of a ``torch.distributed`` job: a
+        collective call (every rank calls it at the same point), done by ``distributed=True``
+        at the meter's end. Each GPU counts once (by UUID) and each host's CPU package and DRAM
+        once (by host identity); afterwards :meth:`result` and :attr:`phases` are the job's,
+        and :meth:`local_result` / :attr:`local_phases` this rank's. ``gpus``: ``"local"``
+        (the GPU this rank uses; default) or ``"all"``. Raises :class:`GreenmlError` without a
+        process group."""
+        if self.running:
+            raise GreenmlError("combine_ranks() needs a stopped meter: call it after the block")
+        gpus = self._gpus if gpus is None else gpus
+        rt = self._rt
+        env = rt.settings.env if rt.settings.env is not None else os.environ
+        me = _distributed.identity(env)
+        gpu_domains = _distributed.local_gpus(
+            [c.domain for c in rt.channels if c.domain.startswith("gpu:")], gpus, env
+        )
+        uuids = {c.domain: c.uuid for c in rt.channels}
+        payload = {
+            "run_id": self._run_id,
+            "rank": me.rank,
+            "world_size": me.world_size,
+            "host": me.host,
+            "host_name": me.host_name,
+            "meter": _distributed.window_payload(self.local_result(wait=True), uuids, gpu_domains),
+            "phases": {
+                n: _distributed.window_payload(p, uuids, gpu_domains)
+                for n, p in self.local_phases.items()
+            },
+        }
+        self._job_ranks = _distributed.exchange(
+            payload,
+            self._group if group is None else group,
+            self._dist_timeout_s if timeout_s is None else timeout_s,
+        )
+        self._job_cache = {}
+        self._job_note = None
+        return self.result()
+
+    @property
+    def distributed_note(self) -> Optional[str]:
+        """Why a ``distributed=True`` meter reports this rank's own results (None when the job
+        total was combined, or the meter is not distributed)."""
+        return self._job_note
+
+    def _job_window(self, phase: Optional[str]) -> Optional[Measurement]:
+        """The job total of the meter (``phase=None``) or of one phase, once combined."""
+        if self._job_ranks is None:
+            return None
+        if phase in self._job_cache:
+            return self._job_cache[phase]
+        jw = _distributed.combine(self._job_ranks, phase)
+        m = None
+        if jw is not None:
+            m = Measurement(
+                name=self.name if phase is None else phase,
+                kind="meter" if phase is None else "phase",
+                duration_s=jw.duration_s,
+                by_domain=jw.by_domain,
+                uncertainty_by_domain=jw.uncertainty_by_domain,
+                in_total=jw.in_total,
+                measured=jw.measured,
+                settled=jw.settled,
+                intensity=self._intensity,
+                pue=self._pue,
+                t_start_unix=jw.t_start_unix,
+                partial_domains=jw.partial_domains,
+                distributed=jw.info,
+            )
+        self._job_cache[phase] = m
+        return m
+
     def to_dict(self) -> Dict[str, Any]:
         d = self.result().to_dict()
         d["run_id"] = self._run_id
@@ -550,10 +690,10 @@ class Meter:
         assert self._log is not None
         base = {"run_id": self._run_id, "meter": self.name, "pid": os.getpid()}
         spans = self.phase_spans_s()
-        for name, ph in self.phases.items():
+        for name, ph in self.local_phases.items():
             self._log.write({**ph.to_dict(), **base, "spans_s": spans.get(name, [])})
         # Records on disk are final: the log waits for the counter update covering the end.
-        rec = {**self.result(wait=True).to_dict(), **base, "steps": self.steps.to_dict()}
+        rec = {**self.local_result(wait=True).to_dict(), **base, "steps": self.steps.to_dict()}
         from ._forecast import steps_profile
 
         profile = steps_profile(self)  # the ordered step profile, for `greenml forecast LOG`
@@ -561,7 +701,21 @@ class Meter:
             rec["steps"]["profile"] = profile
         if self._trace_path is not None:
             rec["trace"] = os.path.abspath(self._trace_path)
+        first = self._job_ranks[0] if self._job_ranks else None
+        if first is not None:
+            rec["job_run_id"] = first["run_id"]
         self._log.write(rec)
+        if first is not None and first["run_id"] == self._run_id:
+            # One job record, from the lowest rank: every device counted once.
+            job = self.result()
+            self._log.write(
+                {
+                    **job.to_dict(),
+                    **base,
+                    "type": "job",
+                    "phases": {n: p.to_dict() for n, p in self.phases.items()},
+                }
+            )
 
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped" if self._window else "not started"

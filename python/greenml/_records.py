@@ -25,6 +25,7 @@ import weakref
 from typing import Any, Dict, List, Optional
 
 from ._config import parse_log_fsync
+from ._distributed import identity
 from ._errors import LogError
 
 ENV_LOG_FSYNC = "GREENML_LOG_FSYNC"
@@ -43,6 +44,14 @@ def json_number(x: Any) -> Any:
 def json_numbers(d: Dict[str, Any]) -> Dict[str, Any]:
     """``d`` with every unknown float value written as null (one level deep)."""
     return {k: json_number(v) for k, v in d.items()}
+
+
+def _identity_fields() -> Dict[str, Any]:
+    """Host, and rank and world size in a distributed job, for every record."""
+    try:
+        return identity().record_fields()
+    except Exception:  # an invalid GREENML_HOST_ID is reported where settings are read
+        return {"host": socket.gethostname()}
 
 
 def new_run_id() -> str:
@@ -66,7 +75,6 @@ class RecordLog:
         self.fsync = bool(fsync)
         self._lock = threading.Lock()
         self._warned = False
-        self._host = socket.gethostname()
         existed = os.path.exists(self.path)
         try:
             fd = os.open(self.path, _FLAGS, 0o644)
@@ -89,7 +97,7 @@ class RecordLog:
         A log that becomes unwritable mid-run (directory removed, disk full, permissions) is
         warned about once and its records are lost from then on, but the error never reaches
         the code being measured: results in memory are unaffected."""
-        rec = {"host": self._host, **record}
+        rec = {**_identity_fields(), **record}
         line = (json.dumps(rec, separators=(",", ":"), allow_nan=False) + "\n").encode()
         with self._lock:
             try:

@@ -43,6 +43,7 @@ class Measurement:
         t_start_unix: Optional[float] = None,
         assumptions: Optional[Dict[str, str]] = None,
         partial_domains: Optional[Dict[str, List[Dict[str, Any]]]] = None,
+        distributed: Optional[Dict[str, Any]] = None,
     ) -> None:
         self.name = name
         #: Per estimated domain, the model's assumptions in one line.
@@ -60,6 +61,9 @@ class Measurement:
         #: Per domain, what went wrong inside the window and when (seconds from its start):
         #: a counter reset, reads further apart than a wrap, or reads that failed.
         self.partial_domains = partial_domains or {}
+        #: For a job total (``greenml.meter(distributed=True)``): how it was combined, with
+        #: per-host, per-rank and per-GPU breakdowns; None for one process's own measurement.
+        self.distributed = distributed
         self._in_total = in_total
         counted = [d for d in by_domain if in_total.get(d)]
         if counted:
@@ -96,6 +100,11 @@ class Measurement:
         return self.energy_j / self.items if self.items else None
 
     @property
+    def in_total(self) -> Dict[str, bool]:
+        """Per domain: whether it counts in ``energy_j`` (zones inside another do not)."""
+        return {k: self._in_total.get(k, False) for k in self.by_domain}
+
+    @property
     def partial(self) -> bool:
         """True when some domain's energy is incomplete near an instant (see partial_domains)."""
         return bool(self.partial_domains)
@@ -123,7 +132,7 @@ class Measurement:
             "mean_power_w": _num(self.mean_power_w),
             "by_domain": {k: _num(v) for k, v in self.by_domain.items()},
             "uncertainty_by_domain": {k: _num(v) for k, v in self.uncertainty_by_domain.items()},
-            "in_total": {k: self._in_total.get(k, False) for k in self.by_domain},
+            "in_total": self.in_total,
             "measured": dict(self.measured),
             "estimated_domains": self.estimated_domains,
             "total_kind": self.total_kind,
@@ -142,6 +151,8 @@ class Measurement:
             },
             "count": self.count,
         }
+        if self.distributed is not None:
+            d["distributed"] = self.distributed
         if self.items is not None:
             d["items"] = self.items
             d["energy_per_item_j"] = _num(self.energy_per_item_j)
