@@ -1,0 +1,328 @@
+"""The Lightning callback with the real Lightning, on a tiny model, against a fake RAPL package
+(constant 30 W): phases, steps, logged metrics, the forecast, the power-capping hook, and errors
+of greenml's bookkeeping that never reach the training loop."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import sys
+import warnings
+
+import pytest
+
+pl = pytest.importorskip("lightning.pytorch")
+torch = pytest.importorskip("torch")
+
+import greenml  # noqa: E402
+from fakes.truth import RaplWriter, rapl_tree, warm_up  # noqa: E402
+from greenml.integrations import lightning as gl  # noqa: E402
+from lightning.pytorch.loggers import CSVLogger, Logger  # noqa: E402
+from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
+
+torch.set_num_threads(1)
+
+# Lightning's advice for real runs (workers, log intervals, an idle GPU), not about greenml.
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:.*does not have many workers:UserWarning"),
+    pytest.mark.filterwarnings("ignore:.*log_every_n_steps.*:UserWarning"),
+    pytest.mark.filterwarnings("ignore:.*GPU available but not used.*:UserWarning"),
+    pytest.mark.filterwarnings("ignore:.*LeafSpec.*:FutureWarning"),
+    pytest.mark.filterwarnings("ignore:.*but have no `val_dataloader`.*"),
+]
+
+P = "greenml/"
+
+
+class Tiny(pl.LightningModule):
+    def __init__(self, fail_at_step: int = -1) -> None:
+        super().__init__()
+        self.net = torch.nn.Sequential(
+            torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 1)
+        )
+        self.fail_at_step = fail_at_step
+
+    def _loss(self, batch):
+        x, y = batch
+        return torch.nn.functional.mse_loss(self.net(x), y)
+
+    def training_step(self, batch, batch_idx):
+        if self.global_step == self.fail_at_step:
+            raise RuntimeError("the model failed")
+        return self._loss(batch)
+
+    def validation_step(self, batch, batch_idx):
+        return self._loss(batch)
+
+    def test_step(self, batch, batch_idx):
+        return self._loss(batch)
+
+    def predict_step(self, batch, batch_idx):
+        return self.net(batch[0])
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+class Capture(Logger):
+    """A logger that keeps every (step, metrics) it is given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: list = []
+
+    @property
+    def name(self) -> str:
+        return "capture"
+
+    @property
+    def version(self) -> int:
+        return 0
+
+    def log_hyperparams(self, params, *args, **kwargs) -> None:
+        pass
+
+    def log_metrics(self, metrics, step=None) -> None:
+        self.rows.append((step, dict(metrics)))
+
+    def keys(self) -> set:
+        return {k for _, m in self.rows for k in m}
+
+    def last(self, key: str) -> float:
+        return [m[key] for _, m in self.rows if key in m][-1]
+
+
+class FakeCapper:
+    """The power-capping interface: step() after each optimizer step, close() once at the end."""
+
+    def __init__(self) -> None:
+        self.steps = 0
+        self.closed = 0
+        self.steps_at_close = None
+
+    def step(self) -> None:
+        assert not self.closed, "stepped after close"
+        self.steps += 1
+
+    def close(self) -> None:
+        self.closed += 1
+        self.steps_at_close = self.steps
+
+
+@pytest.fixture
+def rt(tmp_path, runtimes):
+    root = rapl_tree(tmp_path)
+    with RaplWriter(root, {"intel-rapl:0": (30.0, 0.0, 1.0)}):
+        r = runtimes(powercap_root=root, sources={"rapl"}, interval_ms=1.0)
+        warm_up(r, seconds=0.02)
+        yield r
+
+
+def loader(n: int, batch: int = 4) -> DataLoader:
+    g = torch.Generator().manual_seed(0)
+    return DataLoader(TensorDataset(torch.randn(n, 8, generator=g), torch.randn(n, 1)), batch)
+
+
+def trainer(tmp_path, cb, loggers=None, **kw) -> "pl.Trainer":
+    opts = dict(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=2,
+        logger=loggers if loggers is not None else Capture(),
+        callbacks=[cb],
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        num_sanity_val_steps=1,
+    )
+    opts.update(kw)
+    return pl.Trainer(**opts)
+
+
+def spans_do_not_overlap(meter) -> bool:
+    spans = sorted(s for v in meter.phase_spans_s().values() for s in v)
+    return all(a[1] <= b[0] for a, b in zip(spans, spans[1:]))
+
+
+def test_given_a_fit_when_it_ends_then_phases_steps_metrics_forecast_and_capper_are_right(
+    tmp_path, rt
+):
+    capper = FakeCapper()
+    cb = gl.GreenmlCallback(
+        forecast_after_steps=40, powercap=capper, log=str(tmp_path / "e.jsonl"), runtime=rt
+    )
+    capture = Capture()
+    csv_logger = CSVLogger(tmp_path, name="csv")
+    t = trainer(
+        tmp_path, cb, [capture, csv_logger], limit_train_batches=60, limit_val_batches=3
+    )
+
+    t.fit(Tiny(), loader(240), loader(12))
+
+    assert cb.errors == []
+    assert t.global_step == 120
+    m = cb.meter
+    assert not m.running and cb.result is cb.results["fit"]
+    assert cb.result.energy_j > 0 and cb.result.duration_s > 0
+    phases = m.phases
+    assert list(phases) == ["sanity_check", "train", "validate"]
+    for name, ph in phases.items():
+        assert ph.energy_j > 0 and ph.duration_s > 0, name
+    assert phases["validate"].count == 2  # once per epoch
+    assert sum(p.duration_s for p in phases.values()) <= cb.result.duration_s
+    assert spans_do_not_overlap(m)
+    # one step per optimizer step; the capper too, then closed once
+    assert m.steps.count == t.global_step == cb.session.steps
+    assert (capper.steps, capper.closed, capper.steps_at_close) == (120, 1, 120)
+
+    keys = capture.keys()
+    for k in ("energy_j", "duration_s", "power_w", "co2e_g", "energy_j/package_0",
+              "epoch/energy_j", "epoch/power_w", "train/energy_j", "validate/energy_j",
+              "sanity_check/energy_j", "steps", "energy_per_step_j"):
+        assert P + k in keys, k
+    assert capture.last(P + "energy_j") == pytest.approx(cb.result.energy_j)
+    assert capture.last(P + "steps") == 120
+    # epoch ends log at their global step, the final metrics at the last one
+    epoch_steps = [s for s, mm in capture.rows if P + "epoch/energy_j" in mm]
+    assert epoch_steps == [60, 120]
+
+    # the forecast of the whole fit, logged once, after at least 40 steps
+    assert cb.forecast is not None and cb.forecast.total_steps == t.estimated_stepping_batches
+    fc = [(s, mm) for s, mm in capture.rows if P + "forecast/energy_j" in mm]
+    assert len(fc) == 1 and 40 <= fc[0][0] < 120
+    assert fc[0][1][P + "forecast/low_j"] <= fc[0][1][P + "forecast/high_j"]
+
+    # the same metrics reached the CSV logger; records reached greenml's log
+    with open(f"{csv_logger.log_dir}/metrics.csv") as f:
+        header = next(csv.reader(f))
+    assert P + "energy_j" in header and P + "forecast/energy_j" in header
+    with open(tmp_path / "e.jsonl") as f:
+        recs = [json.loads(line) for line in f]
+    names = {(r.get("type"), r.get("name")) for r in recs}
+    assert ("meter", "lightning/fit") in names and ("phase", "train") in names
+
+
+def test_given_gradient_accumulation_when_fitting_then_a_step_is_an_optimizer_step(
+    tmp_path, rt
+):
+    capper = FakeCapper()
+    cb = gl.GreenmlCallback(powercap=capper, runtime=rt)
+    t = trainer(tmp_path, cb, max_epochs=1, limit_train_batches=9, limit_val_batches=0,
+                accumulate_grad_batches=3)
+
+    t.fit(Tiny(), loader(36))
+
+    assert t.global_step == 3
+    assert cb.meter.steps.count == 3 and capper.steps == 3 and capper.closed == 1
+
+
+def test_given_greenml_failing_inside_the_loop_when_fitting_then_training_goes_on_and_warns_once(
+    tmp_path, rt, monkeypatch
+):
+    def broken(self):
+        raise RuntimeError("injected failure")
+
+    monkeypatch.setattr(greenml.Meter, "step", broken)
+    capper = FakeCapper()
+    cb = gl.GreenmlCallback(powercap=capper, runtime=rt)
+    t = trainer(tmp_path, cb, max_epochs=1, limit_train_batches=8, limit_val_batches=2)
+
+    with pytest.warns(gl.IntegrationWarning, match="injected failure") as caught:
+        t.fit(Tiny(), loader(32), loader(8))
+
+    assert len([w for w in caught if w.category is gl.IntegrationWarning]) == 1
+    assert t.global_step == 8  # every step ran
+    assert len(cb.errors) == 8 and "injected failure" in cb.errors[0]
+    assert cb.result is not None and cb.result.energy_j > 0  # the rest still measured
+    assert (capper.steps, capper.closed) == (8, 1)
+
+
+def test_given_warnings_as_errors_when_greenml_fails_then_training_still_goes_on(tmp_path, rt,
+                                                                               monkeypatch):
+    monkeypatch.setattr(greenml.Meter, "step", lambda self: 1 / 0)
+    cb = gl.GreenmlCallback(runtime=rt)
+    t = trainer(tmp_path, cb, max_epochs=1, limit_train_batches=4, limit_val_batches=0)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", gl.IntegrationWarning)
+        t.fit(Tiny(), loader(16))
+
+    assert t.global_step == 4 and "ZeroDivisionError" in cb.errors[0]
+
+
+def test_given_training_fails_when_fitting_then_capper_closed_and_energy_so_far_kept(
+    tmp_path, rt
+):
+    capper = FakeCapper()
+    capture = Capture()
+    cb = gl.GreenmlCallback(powercap=capper, runtime=rt)
+    t = trainer(tmp_path, cb, capture, max_epochs=1, limit_train_batches=10, limit_val_batches=0)
+
+    with pytest.raises(RuntimeError, match="the model failed"):
+        t.fit(Tiny(fail_at_step=5), loader(40))
+
+    assert (capper.steps, capper.closed) == (5, 1)
+    assert not cb.meter.running and cb.result.energy_j > 0
+    assert cb.meter.steps.count == 5
+    assert capture.last(P + "energy_j") == pytest.approx(cb.result.energy_j)
+
+
+@pytest.mark.filterwarnings("ignore::greenml.ShortWindowWarning")  # a 3-batch run is short
+def test_given_validate_test_and_predict_calls_then_each_is_its_own_run(tmp_path, rt):
+    capture = Capture()
+    cb = gl.GreenmlCallback(runtime=rt, prefix="energy.")
+    t = trainer(tmp_path, cb, capture, limit_val_batches=3, limit_test_batches=3,
+                limit_predict_batches=3)
+    model = Tiny()
+
+    t.validate(model, loader(12))
+    t.test(model, loader(12))
+    t.predict(model, loader(12))
+
+    assert cb.errors == []
+    assert list(cb.results) == ["validate", "test", "predict"]
+    for stage, res in cb.results.items():
+        assert res.name == f"lightning/{stage}" and res.energy_j > 0
+    assert list(cb.meter.phases) == ["predict"]
+    assert {"energy.energy_j", "energy.validate/energy_j", "energy.test/energy_j"} <= capture.keys()
+
+
+def test_given_a_fit_shorter_than_the_forecast_point_then_no_forecast_and_no_warning(
+    tmp_path, rt
+):
+    capture = Capture()
+    cb = gl.GreenmlCallback(runtime=rt, forecast_after_steps=5)
+    t = trainer(tmp_path, cb, capture, max_epochs=1, limit_train_batches=12, limit_val_batches=0)
+
+    t.fit(Tiny(), loader(48))
+
+    assert cb.forecast is None and cb.errors == []
+    assert not any(k.startswith(P + "forecast/") for k in capture.keys())
+
+
+def test_given_bad_options_then_the_callback_refuses_them_before_training(monkeypatch):
+    with pytest.raises(greenml.GreenmlError, match="forecast_after_steps"):
+        gl.GreenmlCallback(forecast_after_steps=0)
+    with pytest.raises(greenml.GreenmlError, match="step\\(\\) and close\\(\\)"):
+        gl.GreenmlCallback(powercap=object())
+    monkeypatch.setattr(gl, "supports_distributed", lambda: False)
+    with pytest.raises(greenml.GreenmlError, match="distributed=True"):
+        gl.GreenmlCallback(distributed=True)
+    monkeypatch.setattr(gl, "supports_distributed", lambda: True)
+    cb = gl.GreenmlCallback(distributed=True)
+    assert cb.session.meter_options["distributed"] is True
+
+
+def test_given_no_lightning_installed_then_the_error_says_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "lightning.pytorch", None)
+    monkeypatch.setitem(sys.modules, "pytorch_lightning", None)
+    monkeypatch.setattr(gl, "_classes", {})
+    with pytest.raises(ImportError, match=r'pip install "greenml\[lightning\]"'):
+        gl.GreenmlCallback  # noqa: B018
+
+
+def test_metric_names_carry_no_colons():
+    assert gl.metric_key("gpu:0") == "gpu_0"
+    assert gl.finite({"a": math.nan, "b": 1, "c": None}) == {"b": 1.0}
