@@ -27,14 +27,23 @@ def _cmd_sensors(args: argparse.Namespace) -> int:
     from ._config import settings_from_env
     from ._runtime import build_sources, sensors_of
 
-    sources, extra = build_sources(settings_from_env())
+    from .powercap import limits as power_limits
+    from .powercap._cli import LIMIT_HEADERS, limits_table
+
+    settings = settings_from_env()
+    sources, extra = build_sources(settings)
     found = sensors_of(sources, extra)
     # Assumptions of the modelled domains that will be reported here.
     notes = {c.domain: c.detail for src in sources for c in src.channels() if not c.measured}
     usable = any(s.available for s in found)
+    limits = {lim.domain: lim for lim in power_limits(settings=settings)}
     if args.json:
         out = [
-            {**asdict(s), **({"assumptions": notes[s.domain]} if s.domain in notes else {})}
+            {
+                **asdict(s),
+                **({"assumptions": notes[s.domain]} if s.domain in notes else {}),
+                **({"power_limit": limits[s.domain].to_dict()} if s.domain in limits else {}),
+            }
             for s in found
         ]
         print(json.dumps(out, indent=2))
@@ -49,6 +58,9 @@ def _cmd_sensors(args: argparse.Namespace) -> int:
         for s in found
     ]
     print(_table(rows, ["domain", "source", "kind", "available"]))
+    if limits:
+        print("\nPower limits (greenml powercap):")
+        print(_table(limits_table(list(limits.values())), LIMIT_HEADERS))
     reasons = [s for s in found if not s.available]
     if reasons:
         print("\nWhy not:")

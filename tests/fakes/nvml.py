@@ -172,7 +172,7 @@ def profile_power_mw(base_w: float, amp_w: float, freq_hz: float, t0_ns: int, no
 class FakeNvml:
     """One scripted machine: a directory of files the fake reads on every call."""
 
-    _KINDS = ("energy", "power", "handle", "uuid", "name")
+    _KINDS = ("energy", "power", "handle", "uuid", "name", "set_limit")
     _PROFILE_FIELDS = ("base_w", "amp_w", "freq_hz", "update_ms")
 
     def __init__(self, root: PathLike, variant: Optional[str] = None,
@@ -289,10 +289,47 @@ class FakeNvml:
         else:
             self._write(f"{index}/power_mw", int(power_mw))
 
+    def set_limits(self, index: int, current_w: Optional[float], min_w: Optional[float] = None,
+                   max_w: Optional[float] = None, default_w: Optional[float] = None) -> None:
+        """Script gpu ``index``'s power limits in watts (None removes that file: NOT_SUPPORTED,
+        or 0 for the minimum). Starts a fresh limit history (the limit in force for all time is
+        ``current_w``); nvmlDeviceSetPowerManagementLimit changes it from then on."""
+        self._check(index)
+        self._remove(f"{index}/limit_history")
+        for rel, w in (("power_limit_mw", current_w), ("power_min_limit_mw", min_w),
+                       ("power_max_limit_mw", max_w), ("power_default_limit_mw", default_w)):
+            if w is None:
+                self._remove(f"{index}/{rel}")
+            else:
+                self._write(f"{index}/{rel}", int(round(w * 1000)))
+
+    def limit_w(self, index: int) -> Optional[float]:
+        """The power limit in force on gpu ``index`` (W), as the hardware would enforce it."""
+        self._check(index)
+        try:
+            return int((self.dir / str(index) / "power_limit_mw").read_text()) / 1000.0
+        except FileNotFoundError:
+            return None
+
+    def limit_history(self, index: int) -> List[Tuple[int, float]]:
+        """Every limit set so far as (CLOCK_MONOTONIC ns, W), oldest first (the first line
+        is the limit before the first set, at t = 0; -0.001 W = none)."""
+        try:
+            text = (self.dir / str(index) / "limit_history").read_text()
+        except FileNotFoundError:
+            return []
+        return [(int(t), int(mw) / 1000.0) for t, mw in (ln.split() for ln in text.splitlines())]
+
+    def add_mig(self, index: int, *uuids: str) -> None:
+        """Give gpu ``index`` MIG instances with these UUIDs ("MIG-...")."""
+        self._check(index)
+        self._write(f"{index}/mig_uuids", "\n".join(uuids))
+
     def set_error(self, index: int, kind: str, code: Optional[int]) -> None:
         """Inject an nvmlReturn_t into one call kind of one device; None clears it.
 
-        kind: 'energy', 'power', 'handle', 'uuid' or 'name'.
+        kind: 'energy', 'power', 'handle', 'uuid', 'name' or 'set_limit' (4 = NO_PERMISSION is
+        a process without root: the set fails and nothing changes).
         """
         if kind not in self._KINDS:
             raise ValueError(f"unknown fake NVML error kind {kind!r}; expected one of {self._KINDS}")
@@ -364,7 +401,7 @@ class FakeNvml:
         """The logged calls as (pid, call) in order, only those of ``pid`` when given.
 
         Calls: init, shutdown, count, handle, handle_by_uuid, uuid, name, pci,
-        energy, power, limit, cc. Empty unless log_calls() came first.
+        energy, power, limit, cc, set_limit, mig_parent. Empty unless log_calls() came first.
         """
         try:
             text = (self.dir / "calls.log").read_text()

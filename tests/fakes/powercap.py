@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Dict, Iterable, Optional, Union
+from typing import Dict, Iterable, Optional, Tuple, Union
 
 __all__ = ["DEFAULT_RANGE_UJ", "PowercapTree"]
 
@@ -174,6 +174,29 @@ class PowercapTree:
     def set_text(self, domain: str, text: str) -> None:
         """Write arbitrary (e.g. garbage) content into ``energy_uj``, in place."""
         _write_in_place(self.energy_file(domain), text)
+
+    def set_constraints(self, domain: str, *constraints: Tuple[str, int, int, Optional[int]],
+                        enabled: bool = True) -> None:
+        """Give a zone power-limit constraints, as the kernel shows them: for each
+        ``(name, power_limit_uw, time_window_us, max_power_uw)`` in order, files
+        ``constraint_<k>_name``, ``_power_limit_uw``, ``_time_window_us`` and, unless
+        ``max_power_uw`` is None, ``_max_power_uw``; plus ``enabled``.
+
+        Files are 0644 and owned by whoever runs the test, like sysfs's (writable by root
+        only): a test dropping privileges sees them read-only.
+        """
+        z = self.zone_dir(domain)
+        (z / "enabled").write_text(f"{int(enabled)}\n")
+        for k, (name, limit_uw, window_us, max_uw) in enumerate(constraints):
+            (z / f"constraint_{k}_name").write_text(f"{name}\n")
+            (z / f"constraint_{k}_power_limit_uw").write_text(f"{int(limit_uw)}\n")
+            (z / f"constraint_{k}_time_window_us").write_text(f"{int(window_us)}\n")
+            if max_uw is not None:
+                (z / f"constraint_{k}_max_power_uw").write_text(f"{int(max_uw)}\n")
+
+    def limit_uw(self, domain: str, constraint: int = 0) -> int:
+        """The zone's ``constraint_<k>_power_limit_uw`` as written now."""
+        return int((self.zone_dir(domain) / f"constraint_{constraint}_power_limit_uw").read_text())
 
     def make_unreadable(self, domain: str) -> None:
         """chmod 000 the zone's ``energy_uj``.
