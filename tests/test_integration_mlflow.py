@@ -203,13 +203,17 @@ def test_given_sqlite_store_when_a_meter_ends_then_logged(tmp_path, monkeypatch,
     _, rt = rapl_rt
     mlflow, gm, client, previous = _use_store(monkeypatch, f"sqlite:///{tmp_path / 'ml.db'}")
     try:
-        with gm.meter("sqlite", runtime=rt) as m:
+        # Artifacts of a database store go where its experiment says (else to ./mlruns)
+        exp = client.create_experiment("greenml", artifact_location=(tmp_path / "art").as_uri())
+        run_id = client.create_run(exp).info.run_id
+        with gm.meter("sqlite", runtime=rt, run=run_id) as m:
             time.sleep(0.01)
-        run = _only_run(mlflow, client)
+        run = client.get_run(run_id)
+        files = [a.path for a in client.list_artifacts(run_id, "greenml")]
     finally:
         mlflow.set_tracking_uri(previous)
+    assert files == ["greenml/sqlite.json"]
     assert run.data.metrics["greenml/energy_j"] == pytest.approx(m.energy_j, rel=1e-12)
-    assert run.info.status == "FINISHED"
 
 
 def test_metric_keys_are_valid_for_every_mlflow_backend():
