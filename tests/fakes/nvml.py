@@ -47,6 +47,7 @@ __all__ = [
     "SOURCE",
     "VARIANTS",
     "FakeNvml",
+    "CappedWorkload",
     "build_fake_nvml",
     "fake_nvml_library",
     "profile_energy_mj",
@@ -422,6 +423,51 @@ class FakeNvml:
         """
         lib = ctypes.CDLL(str(self.library_path))
         return int(lib.fake_nvml_init_count())
+
+
+class CappedWorkload:
+    """A simulated GPU step whose speed follows the fake's power limit, with a known optimum.
+
+    Model (a GPU whose dynamic power grows as the cube of its clock, the clock it can hold under
+    a limit L): power P(f) = static_w + (demand_w - static_w) * f**3 for a clock f in (0, 1]
+    (f = 1 uncapped, drawing demand_w); under a limit L the GPU draws min(L, demand_w) -- what
+    the fake's capped profile draws -- at the clock f(L) that power buys, and a step of fixed
+    work takes t(L) = t_max_s / f(L). Energy per step E(L) = min(L, demand_w) * t(L) is convex
+    in L with its minimum at L* = 1.5 * static_w (dE/dL = 0 <=> 3 (L - static_w) = L).
+
+    ``step()`` sleeps t(L) for the limit in force on the fake GPU (read back from it), so
+    energy per step measured through the fake's counter follows E(L).
+    """
+
+    def __init__(self, fake: "FakeNvml", index: int = 0, static_w: float = 100.0,
+                 demand_w: float = 300.0, t_max_s: float = 0.02) -> None:
+        self.fake = fake
+        self.index = index
+        self.static_w = static_w
+        self.demand_w = demand_w
+        self.t_max_s = t_max_s
+
+    @property
+    def optimum_w(self) -> float:
+        return 1.5 * self.static_w
+
+    def start(self, min_w: float = 125.0, update_ms: float = 1.0) -> None:
+        """Give the fake GPU limits [min_w, demand_w] (default and current: demand_w) and a
+        constant demand of demand_w, its counter updating every update_ms."""
+        self.fake.set_limits(self.index, self.demand_w, min_w=min_w, max_w=self.demand_w,
+                             default_w=self.demand_w)
+        self.fake.set_profile(self.index, base_w=self.demand_w, update_ms=update_ms)
+
+    def time_s(self, limit_w: float) -> float:
+        p = min(limit_w, self.demand_w)
+        return self.t_max_s / ((p - self.static_w) / (self.demand_w - self.static_w)) ** (1 / 3)
+
+    def energy_j(self, limit_w: float) -> float:
+        return min(limit_w, self.demand_w) * self.time_s(limit_w)
+
+    def step(self) -> None:
+        limit = self.fake.limit_w(self.index)
+        time.sleep(self.time_s(limit if limit is not None else self.demand_w))
 
 
 def time_ns_monotonic() -> int:

@@ -50,6 +50,10 @@ def default_state_path(env: Optional[Mapping[str, str]] = None) -> Path:
     return Path(base) / "greenml" / "powercap-state.json"
 
 
+class _StateExists(Exception):
+    """The state file exists: another run saved originals it has not restored."""
+
+
 def _write_state(path: Path, state: Dict[str, Any], exclusive: bool) -> None:
     """Writes the state durably (temp file, fsync, then link or rename into place), so a crash
     leaves the old state or the new one, never half of one. ``exclusive``: fail if the file
@@ -63,7 +67,10 @@ def _write_state(path: Path, state: Dict[str, Any], exclusive: bool) -> None:
             f.flush()
             os.fsync(f.fileno())
         if exclusive:
-            os.link(tmp, path)  # atomic create-if-absent
+            try:
+                os.link(tmp, path)  # atomic create-if-absent
+            except FileExistsError:
+                raise _StateExists(str(path)) from None
         else:
             os.replace(tmp, path)
             tmp = ""
@@ -224,13 +231,30 @@ class LimitGuard:
                 )
             lim = limit_of(domain, self.settings)
             lim.check(float(watts))
-            if self.original_w(domain) is None:
-                self._save(lim)
-            if lim.source == "nvml":
-                set_gpu_limit_by_uuid(self.settings, lim.uuid, float(watts))
-            else:
-                set_rapl_limit(lim.path, float(watts))
+            first = self.original_w(domain) is None
+            if first:
+                self._save(lim)  # before the change: a crash right after it can be undone
+            try:
+                if lim.source == "nvml":
+                    set_gpu_limit_by_uuid(self.settings, lim.uuid, float(watts))
+                else:
+                    set_rapl_limit(lim.path, float(watts))
+            except PowercapError:
+                if first:  # nothing changed: nothing to restore for it
+                    self._forget(domain)
+                raise
             return lim
+
+    def _forget(self, domain: str) -> None:
+        self._entries = [e for e in self._entries if e["domain"] != domain]
+        assert self._state is not None
+        if self._entries:
+            self._state = {**self._state, "limits": list(self._entries)}
+            _write_state(self.state_path, self._state, exclusive=False)
+            return
+        self._state = None
+        self.state_path.unlink(missing_ok=True)
+        self._uninstall()
 
     def _save(self, lim: PowerLimit) -> None:
         if lim.current_w is None:
@@ -258,7 +282,7 @@ class LimitGuard:
         state = {**state, "limits": [*state["limits"], entry]}
         try:
             _write_state(self.state_path, state, exclusive=first)
-        except FileExistsError:
+        except _StateExists:
             raise PowercapError(self._stale_message()) from None
         except OSError as exc:
             raise PowercapError(
