@@ -25,10 +25,13 @@ What it measures (each section independent: a failure is recorded, the rest stil
    sampling at 10 ms and 1 ms, under load when CUDA is usable (idle otherwise);
 6. the sampler thread's CPU cost (``thread_cpu_ns``) at 1 kHz and 100 Hz while the GPU is busy;
 7. a ``greenml.meter`` around a 10 s torch matmul loop (energy, power, uncertainty, vs the raw
-   counter and the achieved TFLOP/s).
+   counter and the achieved TFLOP/s);
+8. a power-limit sweep (``greenml.powercap.sweep``) of a fixed-work matmul step over the GPU's
+   limit range, about 2 minutes, written to ``OUTDIR/powercap/`` and compared with the paper's
+   FROST savings; skipped when this process may not change the limit (needs root).
 
 Everything goes to ``OUTDIR/results.json``, ``OUTDIR/sensors.txt`` and a short
-``OUTDIR/summary.txt``. Total runtime about 2-3 minutes (``--quick``: about 1).
+``OUTDIR/summary.txt``. Total runtime about 4-5 minutes (``--quick``: about 2).
 Parts that need a CUDA load are skipped, with a message saying so, when torch.cuda is not
 available.
 """
@@ -824,6 +827,55 @@ class Check:
             f"{out['j_per_tflop']:.3f} J/TFLOP")
         return out
 
+    # -- 8. power-limit sweep --
+
+    def powercap_sweep(self) -> Dict[str, Any]:
+        """A sweep of a matmul-heavy step over the GPU's power-limit range (auto grid), bounded to
+        about 2 minutes (1 with --quick); needs root to change the limit, which greenml restores.
+        Written to OUTDIR/powercap/ (sweep.csv, sweep.json, sweep.png)."""
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+        from powercap_sweep import gpu_sweep
+
+        nv = self.need_nvml()
+        if self.fake:
+            # The fake machine has no limits: give the loaded GPU some, and a step that slows
+            # under a lower limit, to run this section end to end (figures are the fake's).
+            # The fake's GPUs are mixed models in PCI order: say which order CUDA would use.
+            os.environ.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
+            d = Path(os.environ["FAKE_NVML_DIR"]) / str(self.nvml_index)
+            for name, mw in (("power_limit_mw", 450000), ("power_min_limit_mw", 150000),
+                             ("power_max_limit_mw", 450000), ("power_default_limit_mw", 450000)):
+                (d / name).write_text(f"{mw}\n")
+
+            def step() -> None:
+                limit = nv.power_limit_w(self.nvml_index) or 450.0
+                time.sleep(0.01 * (450.0 / limit) ** (1 / 3))
+
+            step_s: Optional[float] = 0.01
+        else:
+            load = self.need_cuda()
+            torch = load.torch
+            per = 1.0 / max(1, load.run_for(0.5) / 0.5)  # seconds per matmul
+            k = max(1, int(0.1 / per))  # a step of fixed work: ~0.1 s at the current limit
+
+            def step() -> None:
+                with torch.cuda.device(load.dev):
+                    for _ in range(k):
+                        torch.matmul(load.a, load.b)
+                    torch.cuda.synchronize()
+
+            step_s = None
+        try:
+            r = gpu_sweep(step, self.domain, self.out / "powercap",
+                          budget_s=110.0 * self.scale, settle_s=2.0 * self.scale, step_s=step_s)
+        except PermissionError as e:
+            raise Skip(f"cannot change the power limit here: {e}") from None
+        self.summary.append(f"power-limit sweep of {self.domain} over {r['limits_w']} W "
+                            f"({r['steps_per_limit']} steps per limit, {r['seconds']:.0f} s): "
+                            f"least energy per step at {r['best_energy_w']:g} W")
+        self.summary += ["    " + line for line in r["summary"]]
+        return r
+
     # -- driver --
 
     def run(self) -> int:
@@ -838,6 +890,7 @@ class Check:
         self.section("greenml_windows", self.windows)
         self.section("sampler_overhead", self.sampler_overhead)
         self.section("meter_matmul", self.meter_matmul)
+        self.section("powercap_sweep", self.powercap_sweep)
         total = time.monotonic() - t0
         self.results["total_seconds"] = total
         self.save()

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # greenml GPU check: build + install greenml from this checkout, then measure NVML and greenml
 # on this machine's GPU (no network needed). Writes results.json, sensors.txt, summary.txt,
-# check.log (and install.log) into OUTDIR.
+# check.log (and install.log) into OUTDIR, and the power-limit sweep into OUTDIR/powercap/.
 #
-# How to run (from anywhere; ~3 minutes, --quick ~1.5):
+# How to run (from anywhere; ~5 minutes, --quick ~2.5; the power-limit sweep needs root):
 #     benchmarks/gpu/check.sh OUTDIR                 # pip install --no-build-isolation --no-deps .
 #     benchmarks/gpu/check.sh --no-install OUTDIR    # greenml already installed
 #     benchmarks/gpu/check.sh --quick OUTDIR         # shorter runs
