@@ -124,142 +124,6 @@ def spans_do_not_overlap(meter) -> bool:
     return all(a[1] <= b[0] for a, b in zip(spans, spans[1:]))
 
 
-@needs_trainer
-def test_given_training_with_evaluations_when_it_ends_then_phases_steps_metrics_and_capper(
-    tmp_path, rt
-):
-    reporter = Reporter()
-    capper = FakeCapper()
-    t = make_trainer(tmp_path, [reporter], max_steps=80, eval_strategy="steps", eval_steps=40)
-    cb = ghf.attach(t, forecast_after_steps=40, powercap=capper, runtime=rt)
-
-    t.train()
-
-    assert cb.errors == []
-    m = cb.meter
-    assert not m.running and cb.result is cb.results["train"]
-    assert cb.result.energy_j > 0
-    phases = m.phases
-    assert list(phases) == ["train", "evaluate"]
-    assert phases["evaluate"].count == 2 and phases["evaluate"].energy_j > 0
-    assert phases["train"].energy_j > phases["evaluate"].energy_j
-    assert spans_do_not_overlap(m)
-    assert m.steps.count == t.state.global_step == 80
-    assert (capper.steps, capper.closed) == (80, 1)
-
-    # through trainer.log: an integration that runs before this callback sees every metric
-    for k in ("energy_j", "power_w", "co2e_g", "energy_j/package_0", "epoch/energy_j",
-              "evaluate/energy_j", "train/energy_j", "steps", "energy_per_step_j",
-              "forecast/energy_j", "forecast/high_j"):
-        assert P + k in reporter.keys(), k
-    final = [lg for _, lg in reporter.logs if P + "train/energy_j" in lg and P + "steps" in lg]
-    assert final[-1][P + "energy_j"] == pytest.approx(cb.result.energy_j)
-    history = {k for row in t.state.log_history for k in row}
-    assert P + "energy_j" in history and P + "forecast/energy_j" in history
-    fc_steps = [s for s, lg in reporter.logs if P + "forecast/energy_j" in lg]
-    assert len(fc_steps) == 1 and 40 <= fc_steps[0] < 80
-    assert cb.forecast.total_steps == t.state.max_steps
-
-
-@needs_trainer
-def test_given_gradient_accumulation_then_a_step_is_an_optimizer_step(tmp_path, rt):
-    capper = FakeCapper()
-    t = make_trainer(tmp_path, max_steps=5, gradient_accumulation_steps=2)
-    cb = ghf.attach(t, powercap=capper, runtime=rt)
-
-    t.train()
-
-    assert t.state.global_step == 5
-    assert cb.meter.steps.count == 5 and (capper.steps, capper.closed) == (5, 1)
-
-
-@needs_trainer
-def test_given_no_trainer_reference_then_metrics_ride_the_trainers_own_logs(tmp_path, rt):
-    cb = ghf.GreenmlCallback(runtime=rt)
-    t = make_trainer(tmp_path, [cb], max_steps=6, logging_steps=3)
-
-    t.train()
-
-    assert cb.errors == []
-    rows = [row for row in t.state.log_history if P + "energy_j" in row]
-    assert rows and rows[-1][P + "energy_j"] == pytest.approx(cb.result.energy_j)
-    assert "train_runtime" in rows[-1]  # merged into the Trainer's final log
-
-
-@needs_trainer
-def test_given_greenml_failing_inside_the_loop_then_training_goes_on_and_warns_once(
-    tmp_path, rt, monkeypatch
-):
-    monkeypatch.setattr(greenml.Meter, "step", lambda self: 1 / 0)
-    capper = FakeCapper()
-    t = make_trainer(tmp_path, max_steps=6)
-    cb = ghf.attach(t, powercap=capper, runtime=rt)
-
-    with pytest.warns(IntegrationWarning, match="ZeroDivisionError") as caught:
-        t.train()
-
-    assert len([w for w in caught if w.category is IntegrationWarning]) == 1
-    assert t.state.global_step == 6 and len(cb.errors) == 6
-    assert cb.result.energy_j > 0 and (capper.steps, capper.closed) == (6, 1)
-
-
-@needs_trainer
-def test_given_warnings_as_errors_when_greenml_fails_then_training_still_goes_on(
-    tmp_path, rt, monkeypatch
-):
-    monkeypatch.setattr(greenml.Meter, "step", lambda self: 1 / 0)
-    t = make_trainer(tmp_path, max_steps=4)
-    cb = ghf.attach(t, runtime=rt)
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", IntegrationWarning)
-        t.train()
-
-    assert t.state.global_step == 4 and "ZeroDivisionError" in cb.errors[0]
-
-
-@needs_trainer
-def test_given_training_fails_then_close_stops_the_run_and_closes_the_capper(tmp_path, rt):
-    capper = FakeCapper()
-    t = make_trainer(tmp_path, max_steps=10, n=40)
-    t.train_dataset = Tokens(40, fail_after=22)  # in the 6th batch (4 samples each)
-    cb = ghf.attach(t, powercap=capper, runtime=rt)
-
-    try:
-        with pytest.raises(RuntimeError, match="the data failed"):
-            t.train()
-    finally:
-        cb.close()
-
-    assert (capper.steps, capper.closed) == (5, 1)
-    assert not cb.meter.running and cb.result.energy_j > 0
-    cb.close()  # idempotent
-    assert capper.closed == 1
-
-
-@needs_trainer
-@pytest.mark.filterwarnings("ignore::greenml.ShortWindowWarning")  # a 2-batch run is short
-def test_given_evaluate_and_predict_outside_training_then_each_is_a_run(tmp_path, rt):
-    reporter = Reporter()
-    t = make_trainer(tmp_path, [reporter])
-    cb = ghf.attach(t, runtime=rt, prefix="energy.")
-
-    t.evaluate()
-    t.predict(Tokens(8))
-
-    assert cb.errors == []
-    assert list(cb.results) == ["evaluate", "predict"]
-    assert cb.results["predict"].name == "transformers/predict"
-    assert {"energy.evaluate/energy_j", "energy.predict/energy_j"} <= reporter.keys()
-
-
-def test_given_no_transformers_installed_then_the_error_says_what_to_install(monkeypatch):
-    monkeypatch.setitem(sys.modules, "transformers", None)
-    monkeypatch.delitem(sys.modules, "greenml.integrations.huggingface")
-    with pytest.raises(ImportError, match=r'pip install "greenml\[transformers\]"'):
-        importlib.import_module("greenml.integrations.huggingface")
-
-
 # -- the Trainer's hook sequence, driven by hand where accelerate is missing ----------------
 
 
@@ -356,10 +220,32 @@ class HandRun:
         self.control = self.handler.on_train_end(a, s, self.control)
 
 
-def test_given_the_trainers_hooks_with_evaluations_then_phases_steps_metrics_and_capper(rt):
+KINDS = [pytest.param("trainer", marks=needs_trainer), "hand"]
+
+
+def make_run(kind, tmp_path, callbacks=(), *, max_steps, eval_steps=0, logging_steps=5,
+             accumulate=1, fail_at_step=-1):
+    """The real Trainer (``"trainer"``) or the same hook sequence driven by hand (``"hand"``)."""
+    if kind == "hand":
+        return HandRun(list(callbacks), max_steps, eval_steps, logging_steps, accumulate,
+                       fail_at_step)
+    t = make_trainer(
+        tmp_path, callbacks, n=4 * accumulate * max_steps, max_steps=max_steps,
+        eval_strategy="steps" if eval_steps else "no", eval_steps=eval_steps or None,
+        logging_steps=logging_steps, gradient_accumulation_steps=accumulate,
+    )
+    if fail_at_step >= 0:  # the data fails inside step fail_at_step + 1
+        t.train_dataset = Tokens(4 * accumulate * max_steps, 4 * accumulate * fail_at_step + 2)
+    return t
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_given_training_with_evaluations_when_it_ends_then_phases_steps_metrics_and_capper(
+    kind, tmp_path, rt
+):
     reporter = Reporter()
     capper = FakeCapper()
-    run = HandRun([reporter], max_steps=80, eval_steps=40)
+    run = make_run(kind, tmp_path, [reporter], max_steps=80, eval_steps=40)
     cb = ghf.attach(run, forecast_after_steps=40, powercap=capper, runtime=rt)
 
     run.train()
@@ -381,27 +267,33 @@ def test_given_the_trainers_hooks_with_evaluations_then_phases_steps_metrics_and
         assert P + k in reporter.keys(), k
     final = [lg for _, lg in reporter.logs if P + "train/energy_j" in lg and P + "steps" in lg]
     assert final[-1][P + "energy_j"] == pytest.approx(cb.result.energy_j)
+    history = {k for row in run.state.log_history for k in row}
+    assert P + "energy_j" in history and P + "forecast/energy_j" in history
     fc_steps = [s for s, lg in reporter.logs if P + "forecast/energy_j" in lg]
     assert len(fc_steps) == 1 and 40 <= fc_steps[0] < 80
-    assert cb.forecast.total_steps == 80
-    # the final metrics are logged before on_train_end (integrations may close there)
+    assert cb.forecast.total_steps == run.state.max_steps == 80
+    # the final metrics are logged right after the Trainer's final log, before on_train_end
+    # (where some integrations close their run)
     at_end = [i for i, (_, lg) in enumerate(reporter.logs) if "train_runtime" in lg]
     assert reporter.logs[at_end[0] + 1][1][P + "energy_j"] == final[-1][P + "energy_j"]
 
 
-def test_given_the_trainers_hooks_with_accumulation_then_a_step_is_an_optimizer_step(rt):
+@pytest.mark.parametrize("kind", KINDS)
+def test_given_gradient_accumulation_then_a_step_is_an_optimizer_step(kind, tmp_path, rt):
     capper = FakeCapper()
-    run = HandRun([], max_steps=5, accumulate=2)
+    run = make_run(kind, tmp_path, max_steps=5, accumulate=2)
     cb = ghf.attach(run, powercap=capper, runtime=rt)
 
     run.train()
 
+    assert run.state.global_step == 5
     assert cb.meter.steps.count == 5 and (capper.steps, capper.closed) == (5, 1)
 
 
-def test_given_no_trainer_reference_then_metrics_ride_the_trainers_logs(rt):
+@pytest.mark.parametrize("kind", KINDS)
+def test_given_no_trainer_reference_then_metrics_ride_the_trainers_own_logs(kind, tmp_path, rt):
     cb = ghf.GreenmlCallback(runtime=rt)
-    run = HandRun([cb], max_steps=6, logging_steps=3)
+    run = make_run(kind, tmp_path, [cb], max_steps=6, logging_steps=3)
 
     run.train()
 
@@ -411,12 +303,13 @@ def test_given_no_trainer_reference_then_metrics_ride_the_trainers_logs(rt):
     assert "train_runtime" in rows[-1]  # merged into the Trainer's final log
 
 
-def test_given_greenml_failing_in_the_hooks_then_training_goes_on_and_warns_once(
-    rt, monkeypatch
+@pytest.mark.parametrize("kind", KINDS)
+def test_given_greenml_failing_inside_the_loop_then_training_goes_on_and_warns_once(
+    kind, tmp_path, rt, monkeypatch
 ):
     monkeypatch.setattr(greenml.Meter, "step", lambda self: 1 / 0)
     capper = FakeCapper()
-    run = HandRun([], max_steps=6)
+    run = make_run(kind, tmp_path, max_steps=6)
     cb = ghf.attach(run, powercap=capper, runtime=rt)
 
     with pytest.warns(IntegrationWarning, match="ZeroDivisionError") as caught:
@@ -427,13 +320,29 @@ def test_given_greenml_failing_in_the_hooks_then_training_goes_on_and_warns_once
     assert cb.result.energy_j > 0 and (capper.steps, capper.closed) == (6, 1)
 
 
-def test_given_a_run_that_fails_then_close_stops_it_and_closes_the_capper(rt):
+@pytest.mark.parametrize("kind", KINDS)
+def test_given_warnings_as_errors_when_greenml_fails_then_training_still_goes_on(
+    kind, tmp_path, rt, monkeypatch
+):
+    monkeypatch.setattr(greenml.Meter, "step", lambda self: 1 / 0)
+    run = make_run(kind, tmp_path, max_steps=4)
+    cb = ghf.attach(run, runtime=rt)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", IntegrationWarning)
+        run.train()
+
+    assert run.state.global_step == 4 and "ZeroDivisionError" in cb.errors[0]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_given_training_fails_then_close_stops_the_run_and_closes_the_capper(kind, tmp_path, rt):
     capper = FakeCapper()
-    run = HandRun([], max_steps=10, fail_at_step=5)
+    run = make_run(kind, tmp_path, max_steps=10, fail_at_step=5)
     cb = ghf.attach(run, powercap=capper, runtime=rt)
 
     try:
-        with pytest.raises(RuntimeError, match="the model failed"):
+        with pytest.raises(RuntimeError, match="failed"):
             run.train()
     finally:
         cb.close()
@@ -455,3 +364,26 @@ def test_given_an_evaluation_outside_training_then_it_is_a_run(rt):
     assert cb.errors == [] and list(cb.results) == ["evaluate"]
     assert cb.results["evaluate"].name == "transformers/evaluate"
     assert "energy.evaluate/energy_j" in reporter.keys()
+
+
+@needs_trainer
+@pytest.mark.filterwarnings("ignore::greenml.ShortWindowWarning")  # a 2-batch run is short
+def test_given_evaluate_and_predict_outside_training_then_each_is_a_run(tmp_path, rt):
+    reporter = Reporter()
+    t = make_trainer(tmp_path, [reporter])
+    cb = ghf.attach(t, runtime=rt, prefix="energy.")
+
+    t.evaluate()
+    t.predict(Tokens(8))
+
+    assert cb.errors == []
+    assert list(cb.results) == ["evaluate", "predict"]
+    assert cb.results["predict"].name == "transformers/predict"
+    assert {"energy.evaluate/energy_j", "energy.predict/energy_j"} <= reporter.keys()
+
+
+def test_given_no_transformers_installed_then_the_error_says_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "transformers", None)
+    monkeypatch.delitem(sys.modules, "greenml.integrations.huggingface")
+    with pytest.raises(ImportError, match=r'pip install "greenml\[transformers\]"'):
+        importlib.import_module("greenml.integrations.huggingface")
