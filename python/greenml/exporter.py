@@ -262,18 +262,18 @@ class GreenmlCollector:
             acc[1] += stats.errors
             acc[2] += e if n else 0.0
             acc[3] += s
-        for name, (n, err, e, s) in sorted(sums.items()):
+        for name, (n_calls, n_err, joules, secs) in sorted(sums.items()):
             p_n, p_err, p_e, p_s = self._fn_served.get(name, (0.0, 0.0, 0.0, 0.0))
             # A wrapper that was garbage-collected leaves its name's sum: what was served
             # stays where it was rather than go down.
-            n, err, s = max(n, p_n), max(err, p_err), max(s, p_s)
-            calls.add_metric([name], n)
-            errors.add_metric([name], err)
-            fseconds.add_metric([name], s)
-            if math.isfinite(e):  # NaN when nothing is measurable here
-                p_e = max(e, p_e)
+            n_calls, n_err, secs = max(n_calls, p_n), max(n_err, p_err), max(secs, p_s)
+            calls.add_metric([name], n_calls)
+            errors.add_metric([name], n_err)
+            fseconds.add_metric([name], secs)
+            if math.isfinite(joules):  # NaN when nothing is measurable here
+                p_e = max(joules, p_e)
                 fenergy.add_metric([name], p_e)
-            self._fn_served[name] = (n, err, p_e, s)
+            self._fn_served[name] = (n_calls, n_err, p_e, secs)
 
 
 class Exporter:
