@@ -61,8 +61,14 @@ def gpu_sweep(
     per_limit_s = budget_s / len(grid) - settle_s - 0.3
     steps = max(5, int(per_limit_s / (1.5 * step_s)) - warmup_steps)
     t0 = time.monotonic()
-    result = pc.sweep(step_fn, limits=grid, steps_per_limit=steps, warmup_steps=warmup_steps,
-                      device=domain, settle_s=settle_s)
+    result = pc.sweep(
+        step_fn,
+        limits=grid,
+        steps_per_limit=steps,
+        warmup_steps=warmup_steps,
+        device=domain,
+        settle_s=settle_s,
+    )
     out.mkdir(parents=True, exist_ok=True)
     result.save(out)
     choices = {f"{b:g}": result.choose(b) for b in (0.05, 0.10)}
@@ -90,20 +96,25 @@ def fake_run(out: Path) -> int:
     work = CappedWorkload(fake)
     work.start(min_w=125.0, update_ms=1.0)
     os.environ.update(fake.env)
-    os.environ.update(GREENML_NVML_LIBRARY=str(fake.library_path), GREENML_SOURCES="nvml",
-                      GREENML_POWERCAP_STATE=str(tmp / "state.json"))
+    os.environ.update(
+        GREENML_NVML_LIBRARY=str(fake.library_path),
+        GREENML_SOURCES="nvml",
+        GREENML_POWERCAP_STATE=str(tmp / "state.json"),
+    )
     import greenml.powercap as pc
 
     t0 = time.monotonic()
-    result = pc.sweep(work.step, limits="auto", steps_per_limit=20, warmup_steps=3,
-                      device="gpu:0", settle_s=0.05)
+    result = pc.sweep(
+        work.step, limits="auto", steps_per_limit=20, warmup_steps=3, device="gpu:0", settle_s=0.05
+    )
     sweep_s = time.monotonic() - t0
     out.mkdir(parents=True, exist_ok=True)
     result.save(out)
     tuners = {}
     for budget in (0.05, 0.15):
-        with pc.Tuner(device="gpu:0", max_slowdown=budget, steps_per_limit=20,
-                      warmup_steps=3) as tuner:
+        with pc.Tuner(
+            device="gpu:0", max_slowdown=budget, steps_per_limit=20, warmup_steps=3
+        ) as tuner:
             while tuner.state != "applied":
                 work.step()
                 tuner.step()
