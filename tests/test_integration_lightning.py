@@ -17,6 +17,7 @@ torch = pytest.importorskip("torch")
 
 import greenml  # noqa: E402
 from fakes.truth import RaplWriter, rapl_tree, warm_up  # noqa: E402
+from greenml.integrations import _session  # noqa: E402
 from greenml.integrations import lightning as gl  # noqa: E402
 from lightning.pytorch.loggers import CSVLogger, Logger  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
@@ -155,9 +156,7 @@ def test_given_a_fit_when_it_ends_then_phases_steps_metrics_forecast_and_capper_
     )
     capture = Capture()
     csv_logger = CSVLogger(tmp_path, name="csv")
-    t = trainer(
-        tmp_path, cb, [capture, csv_logger], limit_train_batches=60, limit_val_batches=3
-    )
+    t = trainer(tmp_path, cb, [capture, csv_logger], limit_train_batches=60, limit_val_batches=3)
 
     t.fit(Tiny(), loader(240), loader(12))
 
@@ -178,9 +177,20 @@ def test_given_a_fit_when_it_ends_then_phases_steps_metrics_forecast_and_capper_
     assert (capper.steps, capper.closed, capper.steps_at_close) == (120, 1, 120)
 
     keys = capture.keys()
-    for k in ("energy_j", "duration_s", "power_w", "co2e_g", "energy_j/package_0",
-              "epoch/energy_j", "epoch/power_w", "train/energy_j", "validate/energy_j",
-              "sanity_check/energy_j", "steps", "energy_per_step_j"):
+    for k in (
+        "energy_j",
+        "duration_s",
+        "power_w",
+        "co2e_g",
+        "energy_j/package_0",
+        "epoch/energy_j",
+        "epoch/power_w",
+        "train/energy_j",
+        "validate/energy_j",
+        "sanity_check/energy_j",
+        "steps",
+        "energy_per_step_j",
+    ):
         assert P + k in keys, k
     assert capture.last(P + "energy_j") == pytest.approx(cb.result.energy_j)
     assert capture.last(P + "steps") == 120
@@ -204,13 +214,17 @@ def test_given_a_fit_when_it_ends_then_phases_steps_metrics_forecast_and_capper_
     assert ("meter", "lightning/fit") in names and ("phase", "train") in names
 
 
-def test_given_gradient_accumulation_when_fitting_then_a_step_is_an_optimizer_step(
-    tmp_path, rt
-):
+def test_given_gradient_accumulation_when_fitting_then_a_step_is_an_optimizer_step(tmp_path, rt):
     capper = FakeCapper()
     cb = gl.GreenmlCallback(powercap=capper, runtime=rt)
-    t = trainer(tmp_path, cb, max_epochs=1, limit_train_batches=9, limit_val_batches=0,
-                accumulate_grad_batches=3)
+    t = trainer(
+        tmp_path,
+        cb,
+        max_epochs=1,
+        limit_train_batches=9,
+        limit_val_batches=0,
+        accumulate_grad_batches=3,
+    )
 
     t.fit(Tiny(), loader(36))
 
@@ -239,8 +253,9 @@ def test_given_greenml_failing_inside_the_loop_when_fitting_then_training_goes_o
     assert (capper.steps, capper.closed) == (8, 1)
 
 
-def test_given_warnings_as_errors_when_greenml_fails_then_training_still_goes_on(tmp_path, rt,
-                                                                               monkeypatch):
+def test_given_warnings_as_errors_when_greenml_fails_then_training_still_goes_on(
+    tmp_path, rt, monkeypatch
+):
     monkeypatch.setattr(greenml.Meter, "step", lambda self: 1 / 0)
     cb = gl.GreenmlCallback(runtime=rt)
     t = trainer(tmp_path, cb, max_epochs=1, limit_train_batches=4, limit_val_batches=0)
@@ -252,9 +267,7 @@ def test_given_warnings_as_errors_when_greenml_fails_then_training_still_goes_on
     assert t.global_step == 4 and "ZeroDivisionError" in cb.errors[0]
 
 
-def test_given_training_fails_when_fitting_then_capper_closed_and_energy_so_far_kept(
-    tmp_path, rt
-):
+def test_given_training_fails_when_fitting_then_capper_closed_and_energy_so_far_kept(tmp_path, rt):
     capper = FakeCapper()
     capture = Capture()
     cb = gl.GreenmlCallback(powercap=capper, runtime=rt)
@@ -273,8 +286,9 @@ def test_given_training_fails_when_fitting_then_capper_closed_and_energy_so_far_
 def test_given_validate_test_and_predict_calls_then_each_is_its_own_run(tmp_path, rt):
     capture = Capture()
     cb = gl.GreenmlCallback(runtime=rt, prefix="energy.")
-    t = trainer(tmp_path, cb, capture, limit_val_batches=3, limit_test_batches=3,
-                limit_predict_batches=3)
+    t = trainer(
+        tmp_path, cb, capture, limit_val_batches=3, limit_test_batches=3, limit_predict_batches=3
+    )
     model = Tiny()
 
     t.validate(model, loader(12))
@@ -289,9 +303,7 @@ def test_given_validate_test_and_predict_calls_then_each_is_its_own_run(tmp_path
     assert {"energy.energy_j", "energy.validate/energy_j", "energy.test/energy_j"} <= capture.keys()
 
 
-def test_given_a_fit_shorter_than_the_forecast_point_then_no_forecast_and_no_warning(
-    tmp_path, rt
-):
+def test_given_a_fit_shorter_than_the_forecast_point_then_no_forecast_and_no_warning(tmp_path, rt):
     capture = Capture()
     cb = gl.GreenmlCallback(runtime=rt, forecast_after_steps=5)
     t = trainer(tmp_path, cb, capture, max_epochs=1, limit_train_batches=12, limit_val_batches=0)
@@ -307,10 +319,10 @@ def test_given_bad_options_then_the_callback_refuses_them_before_training(monkey
         gl.GreenmlCallback(forecast_after_steps=0)
     with pytest.raises(greenml.GreenmlError, match="step\\(\\) and close\\(\\)"):
         gl.GreenmlCallback(powercap=object())
-    monkeypatch.setattr(gl, "supports_distributed", lambda: False)
+    monkeypatch.setattr(_session, "supports_distributed", lambda: False)
     with pytest.raises(greenml.GreenmlError, match="distributed=True"):
         gl.GreenmlCallback(distributed=True)
-    monkeypatch.setattr(gl, "supports_distributed", lambda: True)
+    monkeypatch.setattr(_session, "supports_distributed", lambda: True)
     cb = gl.GreenmlCallback(distributed=True)
     assert cb.session.meter_options["distributed"] is True
 

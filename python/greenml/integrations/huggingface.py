@@ -26,8 +26,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, Optional
 
-
-from .lightning import FORECAST_AFTER_STEPS, Readouts, _Session, finite, guarded
+from ._session import FORECAST_AFTER_STEPS, IntegrationWarning, Readouts, _Session, finite, guarded
 
 try:
     from transformers import TrainerCallback
@@ -36,7 +35,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
         'greenml\'s Hugging Face callback needs transformers: pip install "greenml[transformers]"'
     ) from exc
 
-__all__ = ["GreenmlCallback", "attach"]
+__all__ = ["GreenmlCallback", "IntegrationWarning", "attach"]
 
 
 class GreenmlCallback(Readouts, TrainerCallback):  # type: ignore[misc]

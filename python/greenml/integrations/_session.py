@@ -1,0 +1,390 @@
+"""Framework-neutral bookkeeping shared by the trainer callbacks
+(:mod:`greenml.integrations.lightning`, :mod:`greenml.integrations.huggingface`): one meter per
+run, non-overlapping phases, steps, the forecast, the power-capping hook, and errors that never
+reach the training loop. Imports no trainer library. Energies in joules, durations in seconds,
+power in watts, carbon in grams CO2e.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import math
+import warnings
+from typing import Any, Callable, Dict, List, Optional, TypeVar
+
+import greenml
+from greenml._errors import GreenmlError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: Default number of optimizer steps after which the whole run is forecast once.
+FORECAST_AFTER_STEPS = 200
+#: Fewest steps that can support a forecast (greenml's forecast needs 40 after warm-up).
+FORECAST_MIN_STEPS = 40
+#: Errors kept on ``callback.errors`` (the first warns; later ones are only counted).
+MAX_ERRORS = 20
+
+
+class IntegrationWarning(RuntimeWarning):
+    """greenml's bookkeeping failed inside a trainer callback; training went on."""
+
+
+def metric_key(domain: str) -> str:
+    """A domain key as a metric name part: ``gpu:0`` -> ``gpu_0`` (MLflow on Windows and some
+    dashboards refuse colons)."""
+    return domain.replace(":", "_")
+
+
+def measurement_metrics(m: Any, prefix: str, per_domain: bool = True) -> Dict[str, float]:
+    """``energy_j``, ``duration_s``, ``power_w``, ``co2e_g`` (and ``energy_j/<domain>``) of a
+    :class:`greenml.Measurement`, each under ``prefix``; unknown (NaN) values are left out."""
+    out = {
+        f"{prefix}energy_j": m.energy_j,
+        f"{prefix}duration_s": m.duration_s,
+        f"{prefix}power_w": m.mean_power_w,
+        f"{prefix}co2e_g": m.co2e_g,
+    }
+    if per_domain:
+        for domain, joules in m.by_domain.items():
+            out[f"{prefix}energy_j/{metric_key(domain)}"] = joules
+    return finite(out)
+
+
+def forecast_metrics(f: Any, prefix: str) -> Dict[str, float]:
+    """The metrics of a :class:`greenml.Forecast` under ``<prefix>forecast/``."""
+    p = f"{prefix}forecast/"
+    return finite(
+        {
+            f"{p}energy_j": f.energy_j,
+            f"{p}low_j": f.low_j,
+            f"{p}high_j": f.high_j,
+            f"{p}duration_s": f.duration_s,
+            f"{p}co2e_g": f.co2e_g,
+            f"{p}fraction_profiled": f.fraction_profiled,
+            f"{p}total_steps": float(f.total_steps),
+            f"{p}stationary": 1.0 if f.stationary else 0.0,
+        }
+    )
+
+
+def finite(metrics: Dict[str, Any]) -> Dict[str, float]:
+    out = {}
+    for k, v in metrics.items():
+        try:
+            v = float(v)
+        except (TypeError, ValueError):
+            continue
+        if math.isfinite(v):
+            out[k] = v
+    return out
+
+
+def guarded(fn: F) -> F:
+    """Runs a callback hook so that nothing greenml raises reaches the training loop: the
+    error is kept on ``self.session`` and warned once (see :meth:`_Session.fail`)."""
+
+    @functools.wraps(fn)
+    def hook(self: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(self, *args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - bookkeeping must never stop training
+            self.session.fail(fn.__name__, exc)
+            return None
+
+    return hook  # type: ignore[return-value]
+
+
+def supports_distributed() -> bool:
+    """Whether this greenml's meter takes ``distributed=True`` (job totals over ranks)."""
+    try:
+        return "distributed" in inspect.signature(greenml.Meter.__init__).parameters
+    except (TypeError, ValueError):  # pragma: no cover - signature not introspectable
+        return False
+
+
+class _Session:
+    """One trainer's bookkeeping: a meter per run, non-overlapping phases, steps, the
+    forecast, the power-capping hook, and errors that never escape (framework-neutral).
+
+    Every public method may raise; the callbacks call them from :func:`guarded` hooks.
+    """
+
+    def __init__(
+        self,
+        owner: str,
+        *,
+        name: str,
+        prefix: str,
+        forecast_after_steps: Optional[int],
+        log: Optional[str],
+        powercap: Any,
+        distributed: bool,
+        meter_options: Dict[str, Any],
+    ) -> None:
+        if forecast_after_steps is not None and (
+            isinstance(forecast_after_steps, bool)
+            or not isinstance(forecast_after_steps, int)
+            or forecast_after_steps < 1
+        ):
+            raise GreenmlError(
+                f"forecast_after_steps={forecast_after_steps!r}: give a whole number of steps "
+                "(>= 1), or None for no forecast"
+            )
+        if powercap is not None and not (
+            callable(getattr(powercap, "step", None)) and callable(getattr(powercap, "close", None))
+        ):
+            raise GreenmlError(
+                f"powercap={powercap!r}: give an object with step() and close(), such as a "
+                "greenml.powercap.Tuner, or None"
+            )
+        if distributed and not supports_distributed():
+            raise GreenmlError(
+                "distributed=True needs a greenml whose meter takes distributed=True (job totals "
+                "over torch.distributed ranks); upgrade greenml, or leave distributed off to "
+                "measure each rank on its own"
+            )
+        self.owner = owner
+        self.name = name
+        self.prefix = prefix
+        self.forecast_after_steps = forecast_after_steps
+        self.powercap = powercap
+        self.meter_options = dict(meter_options)
+        if log is not None:
+            self.meter_options["log"] = log
+        if distributed:
+            self.meter_options["distributed"] = True
+        self.meter: Optional[greenml.Meter] = None
+        self.stage: Optional[str] = None
+        self.results: Dict[str, greenml.Measurement] = {}
+        self.forecast: Optional[greenml.Forecast] = None
+        self.steps = 0
+        self.errors: List[str] = []
+        self.error_count = 0
+        self._phase: Optional[Any] = None
+        self._phase_name: Optional[str] = None
+        self._total_steps: Optional[int] = None
+        self._forecast_at: Optional[int] = None
+        self._last_j = 0.0
+        self._last_s = 0.0
+        self._powercap_open = False
+
+    # -- errors ----------------------------------------------------------------------------
+
+    def fail(self, where: str, exc: BaseException) -> None:
+        """Keeps an error of the bookkeeping; the first one is warned (never raised, even when
+        warnings are errors), the rest only counted."""
+        self.error_count += 1
+        if len(self.errors) < MAX_ERRORS:
+            self.errors.append(f"{where}: {type(exc).__name__}: {exc}")
+        if self.error_count > 1:
+            return
+        try:
+            warnings.warn(
+                f"greenml's {self.owner} callback failed in {where} ({type(exc).__name__}: "
+                f"{exc}); training goes on, but energy results may be incomplete (warned once; "
+                "every error is on callback.errors)",
+                IntegrationWarning,
+                stacklevel=3,
+            )
+        except Exception:  # noqa: BLE001 - warnings turned into errors must not escape either
+            import logging
+
+            logging.getLogger("greenml").warning("%s callback failed in %s", self.owner, where)
+
+    def call(self, where: str, fn: Callable[[], Any]) -> Any:
+        """Runs ``fn``; an error is kept (see :meth:`fail`) and None returned."""
+        try:
+            return fn()
+        except Exception as exc:  # noqa: BLE001 - bookkeeping must never stop training
+            self.fail(where, exc)
+            return None
+
+    # -- runs ------------------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self.meter is not None and self.meter.running
+
+    def start(self, stage: str) -> None:
+        """Starts the meter of one run (``fit``, ``train``, ``validate``, ...)."""
+        if self.running:
+            self.stop()
+        self.stage = stage
+        self.steps = 0
+        self.forecast = None
+        self._total_steps = None
+        self._forecast_at = None
+        self._last_j = 0.0
+        self._last_s = 0.0
+        self.meter = greenml.meter(f"{self.name}/{stage}", **self.meter_options)
+        self.meter.start()
+        if self.powercap is not None:
+            self._powercap_open = True
+
+    def stop(self) -> Dict[str, float]:
+        """Stops the run's meter; the final metrics (the run, its phases, its steps)."""
+        self.close_phase()
+        m = self.meter
+        if m is None or not m.running:
+            return {}
+        m.stop()
+        assert self.stage is not None
+        result = m.result(wait=True)  # settled: these numbers are final
+        self.results[self.stage] = result
+        out = measurement_metrics(result, self.prefix)
+        out.update(self.phase_metrics())
+        out.update(self.step_metrics())
+        return out
+
+    def close_powercap(self) -> None:
+        if self.powercap is not None and self._powercap_open:
+            self._powercap_open = False
+            self.powercap.close()
+
+    # -- phases ----------------------------------------------------------------------------
+
+    def open_phase(self, name: str) -> None:
+        """Enters phase ``name``, leaving the one open before: phases never overlap."""
+        if self._phase_name == name:
+            return
+        self.close_phase()
+        if not self.running:
+            return
+        assert self.meter is not None
+        ph = self.meter.phase(name)
+        ph.__enter__()
+        self._phase, self._phase_name = ph, name
+
+    def close_phase(self) -> Optional[str]:
+        ph, name = self._phase, self._phase_name
+        self._phase = self._phase_name = None
+        if ph is not None:
+            ph.__exit__(None, None, None)
+        return name
+
+    @property
+    def phase_name(self) -> Optional[str]:
+        return self._phase_name
+
+    # -- steps and forecast ----------------------------------------------------------------
+
+    def set_total_steps(self, total: Any) -> None:
+        """The run's planned optimizer steps (unknown or infinite: no forecast)."""
+        try:
+            n = int(total) if total is not None and math.isfinite(float(total)) else None
+        except (TypeError, ValueError, OverflowError):
+            n = None
+        self._total_steps = n if n is not None and n > 0 else None
+        after = self.forecast_after_steps
+        if self._total_steps is None or after is None:
+            self._forecast_at = None
+        else:
+            start = max(after, FORECAST_MIN_STEPS)
+            # A forecast at (or after) the last step forecasts nothing: skip it.
+            self._forecast_at = start if start < self._total_steps else None
+
+    def step(self) -> Dict[str, float]:
+        """One optimizer step: marks it, steps the power capper, and forecasts when due (the
+        forecast's metrics, once; else an empty dict)."""
+        self.steps += 1
+        try:
+            if self.running:
+                assert self.meter is not None
+                self.meter.step()
+        finally:  # the power capper steps even when the meter failed
+            if self.powercap is not None and self._powercap_open:
+                self.call("powercap.step", self.powercap.step)
+        at = self._forecast_at
+        if at is None or self.steps < at or not self.running:
+            return {}
+        return self._try_forecast()
+
+    def _try_forecast(self) -> Dict[str, float]:
+        assert self.meter is not None and self._total_steps is not None
+        try:
+            f = self.meter.forecast(total_steps=self._total_steps)
+        except greenml.ForecastError:
+            # Too few steps resolved yet (or the warm-up took most of them): a little later.
+            nxt = self.steps + max(10, (self.forecast_after_steps or 0) // 4)
+            self._forecast_at = nxt if nxt < self._total_steps else None
+            return {}
+        self._forecast_at = None
+        self.forecast = f
+        return forecast_metrics(f, self.prefix)
+
+    # -- live metrics ----------------------------------------------------------------------
+
+    def live_metrics(self) -> Dict[str, float]:
+        """The run so far (cumulative), the stretch since the last call (``<prefix>epoch/``),
+        its phases and steps."""
+        if not self.running:
+            return {}
+        assert self.meter is not None
+        now = self.meter.result()
+        out = measurement_metrics(now, self.prefix)
+        de = now.energy_j - self._last_j
+        ds = now.duration_s - self._last_s
+        out.update(
+            finite(
+                {
+                    f"{self.prefix}epoch/energy_j": de,
+                    f"{self.prefix}epoch/duration_s": ds,
+                    f"{self.prefix}epoch/power_w": de / ds if ds > 0 else math.nan,
+                }
+            )
+        )
+        self._last_j, self._last_s = now.energy_j, now.duration_s
+        out.update(self.phase_metrics())
+        out.update(self.step_metrics())
+        return out
+
+    def phase_metrics(self, names: Optional[List[str]] = None) -> Dict[str, float]:
+        """``<prefix><phase>/energy_j`` etc. of the closed repeats of each phase."""
+        if self.meter is None:
+            return {}
+        out: Dict[str, float] = {}
+        for name, ph in self.meter.phases.items():
+            if names is None or name in names:
+                out.update(measurement_metrics(ph, f"{self.prefix}{name}/", per_domain=False))
+        return out
+
+    def step_metrics(self) -> Dict[str, float]:
+        if self.meter is None or not self.steps:
+            return {}
+        st = self.meter.steps
+        return finite(
+            {
+                f"{self.prefix}steps": float(self.steps),
+                f"{self.prefix}energy_per_step_j": st.mean_j if st.count else math.nan,
+            }
+        )
+
+
+class Readouts:
+    """What users read from a callback (``self.session`` is its :class:`_Session`)."""
+
+    session: "_Session"
+
+    @property
+    def meter(self) -> Optional[greenml.Meter]:
+        """The meter of the last run (running during it)."""
+        return self.session.meter
+
+    @property
+    def result(self) -> Optional[greenml.Measurement]:
+        """The final measurement of the last finished run (None before one)."""
+        s = self.session
+        return s.results.get(s.stage) if s.stage else None
+
+    @property
+    def results(self) -> Dict[str, greenml.Measurement]:
+        return dict(self.session.results)
+
+    @property
+    def forecast(self) -> Optional[greenml.Forecast]:
+        return self.session.forecast
+
+    @property
+    def errors(self) -> List[str]:
+        return list(self.session.errors)
