@@ -175,6 +175,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     )
     relay = _SignalRelay()
     relay.install()  # before the child exists: a signal now is kept and delivered to it
+    if args.trace:  # a trace needs every sample at the full rate, not only around the edges
+        rt.ensure_started().add_demand(1)
     try:
         m.start()
         try:
