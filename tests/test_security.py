@@ -213,8 +213,9 @@ def test_given_a_powercap_tree_when_measuring_everything_then_nothing_in_it_is_w
     assert changes == [], f"greenml wrote to the powercap tree: {changes}"
 
 
-def test_given_the_built_extension_when_listing_its_nvml_calls_then_none_changes_a_setting():
-    # The extension resolves NVML functions by name (dlsym): every name it carries is a query.
+def test_given_the_built_extension_when_listing_its_nvml_calls_then_only_powercap_changes_one():
+    # The extension resolves NVML functions by name (dlsym): every name it carries is a query,
+    # except the power limit, which only greenml.powercap sets (and always restores).
     from greenml import _core
 
     binary = Path(_core.__file__).read_bytes()
@@ -222,9 +223,20 @@ def test_given_the_built_extension_when_listing_its_nvml_calls_then_none_changes
     assert names, "no NVML function names found in the extension"
     changing = [n.decode() for n in names
                 if re.search(rb"Set|Reset|Clear|Register|Flush|Modify", n)]
-    assert changing == [], f"the extension can call NVML functions that change state: {changing}"
+    assert changing == ["nvmlDeviceSetPowerManagementLimit"], (
+        f"the extension can call NVML functions that change state: {changing}")
     source = (ROOT / "csrc" / "src" / "nvml_source.cpp").read_text()
-    assert not re.search(r"nvml\w*(Set|Reset|Clear)\w*", source)
+    assert set(re.findall(r"nvml\w*(?:Set|Reset|Clear)\w*", source)) == {
+        "nvmlDeviceSetPowerManagementLimit"}
+    # In the package, only the power-capping guard reaches the functions that write a limit.
+    writers = re.compile(r"\.set_power_limit\(|set_gpu_limit_by_uuid\(|set_rapl_limit\(")
+    callers = sorted(
+        str(p.relative_to(ROOT / "python" / "greenml"))
+        for p in (ROOT / "python" / "greenml").rglob("*.py")
+        if any(writers.search(line) and not line.lstrip().startswith("def ")
+               for line in p.read_text().splitlines())
+    )
+    assert callers == ["powercap/_limits.py", "powercap/_safety.py"], callers
 
 
 # ----------------------------------------------------------------- no network
