@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import sys
 import warnings
 
@@ -182,16 +181,19 @@ def test_given_a_fit_when_it_ends_then_phases_steps_metrics_forecast_and_capper_
         "duration_s",
         "power_w",
         "co2e_g",
-        "energy_j/package_0",
+        "domain/package_0/energy_j",
         "epoch/energy_j",
         "epoch/power_w",
-        "train/energy_j",
-        "validate/energy_j",
-        "sanity_check/energy_j",
+        "phase/train/energy_j",
+        "phase/validate/energy_j",
+        "phase/sanity_check/energy_j",
         "steps",
         "energy_per_step_j",
     ):
         assert P + k in keys, k
+    # keys every MLflow store can hold: no colon, and none a "/"-prefix (a directory) of another
+    assert not any(":" in k for k in keys)
+    assert not [(a, b) for a in keys for b in keys if b.startswith(a + "/")]
     assert capture.last(P + "energy_j") == pytest.approx(cb.result.energy_j)
     assert capture.last(P + "steps") == 120
     # epoch ends log at their global step, the final metrics at the last one
@@ -285,7 +287,7 @@ def test_given_training_fails_when_fitting_then_capper_closed_and_energy_so_far_
 @pytest.mark.filterwarnings("ignore::greenml.ShortWindowWarning")  # a 3-batch run is short
 def test_given_validate_test_and_predict_calls_then_each_is_its_own_run(tmp_path, rt):
     capture = Capture()
-    cb = gl.GreenmlCallback(runtime=rt, prefix="energy.")
+    cb = gl.GreenmlCallback(runtime=rt, prefix="energy")
     t = trainer(
         tmp_path, cb, capture, limit_val_batches=3, limit_test_batches=3, limit_predict_batches=3
     )
@@ -300,7 +302,11 @@ def test_given_validate_test_and_predict_calls_then_each_is_its_own_run(tmp_path
     for stage, res in cb.results.items():
         assert res.name == f"lightning/{stage}" and res.energy_j > 0
     assert list(cb.meter.phases) == ["predict"]
-    assert {"energy.energy_j", "energy.validate/energy_j", "energy.test/energy_j"} <= capture.keys()
+    assert {
+        "energy/energy_j",
+        "energy/phase/validate/energy_j",
+        "energy/phase/test/energy_j",
+    } <= capture.keys()
 
 
 def test_given_a_fit_shorter_than_the_forecast_point_then_no_forecast_and_no_warning(tmp_path, rt):
@@ -335,6 +341,31 @@ def test_given_no_lightning_installed_then_the_error_says_what_to_install(monkey
         gl.GreenmlCallback  # noqa: B018
 
 
-def test_metric_names_carry_no_colons():
-    assert gl.metric_key("gpu:0") == "gpu_0"
-    assert gl.finite({"a": math.nan, "b": 1, "c": None}) == {"b": 1.0}
+def test_given_mlflows_logger_on_a_file_store_when_fitting_then_greenml_metrics_arrive(
+    tmp_path, rt, monkeypatch
+):
+    # Given: Lightning's own MLflow logger on a local file store (MLflow keeps a/b as a file
+    # in a directory a: one key that is a "/"-prefix of another fails the whole batch)
+    pytest.importorskip("mlflow")
+    from lightning.pytorch.loggers import MLFlowLogger
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 keeps it behind a flag
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    uri = (tmp_path / "mlruns").as_uri()
+    logger = MLFlowLogger(experiment_name="greenml", tracking_uri=uri)
+    cb = gl.GreenmlCallback(runtime=rt)
+    t = trainer(tmp_path, cb, logger, max_epochs=2, limit_train_batches=6, limit_val_batches=2)
+
+    # When
+    t.fit(Tiny(), loader(24), loader(8))
+
+    # Then: the run holds greenml's metrics, the final ones equal to the callback's result
+    assert cb.errors == []
+    got = MlflowClient(uri).get_run(logger.run_id).data.metrics
+    assert got[P + "energy_j"] == pytest.approx(cb.result.energy_j, rel=1e-9)
+    assert got[P + "domain/package_0/energy_j"] == pytest.approx(
+        cb.result.by_domain["package:0"], rel=1e-9
+    )
+    assert got[P + "phase/train/energy_j"] > 0 and got[P + "phase/validate/energy_j"] > 0
+    assert got[P + "epoch/energy_j"] > 0 and got[P + "steps"] == 12

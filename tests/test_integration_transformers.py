@@ -292,17 +292,19 @@ def test_given_training_with_evaluations_when_it_ends_then_phases_steps_metrics_
         "energy_j",
         "power_w",
         "co2e_g",
-        "energy_j/package_0",
+        "domain/package_0/energy_j",
         "epoch/energy_j",
-        "evaluate/energy_j",
-        "train/energy_j",
+        "phase/evaluate/energy_j",
+        "phase/train/energy_j",
         "steps",
         "energy_per_step_j",
         "forecast/energy_j",
         "forecast/high_j",
     ):
         assert P + k in reporter.keys(), k
-    final = [lg for _, lg in reporter.logs if P + "train/energy_j" in lg and P + "steps" in lg]
+    final = [
+        lg for _, lg in reporter.logs if P + "phase/train/energy_j" in lg and P + "steps" in lg
+    ]
     assert final[-1][P + "energy_j"] == pytest.approx(cb.result.energy_j)
     history = {k for row in run.state.log_history for k in row}
     assert P + "energy_j" in history and P + "forecast/energy_j" in history
@@ -397,13 +399,13 @@ def test_given_training_fails_then_close_stops_the_run_and_closes_the_capper(kin
 def test_given_an_evaluation_outside_training_then_it_is_a_run(rt):
     reporter = Reporter()
     run = HandRun([reporter], max_steps=2)
-    cb = ghf.attach(run, runtime=rt, prefix="energy.")
+    cb = ghf.attach(run, runtime=rt, prefix="energy")
 
     run.evaluate()
 
     assert cb.errors == [] and list(cb.results) == ["evaluate"]
     assert cb.results["evaluate"].name == "transformers/evaluate"
-    assert "energy.evaluate/energy_j" in reporter.keys()
+    assert "energy/evaluate/energy_j" in reporter.keys()
 
 
 @needs_trainer
@@ -411,7 +413,7 @@ def test_given_an_evaluation_outside_training_then_it_is_a_run(rt):
 def test_given_evaluate_and_predict_outside_training_then_each_is_a_run(tmp_path, rt):
     reporter = Reporter()
     t = make_trainer(tmp_path, [reporter])
-    cb = ghf.attach(t, runtime=rt, prefix="energy.")
+    cb = ghf.attach(t, runtime=rt, prefix="energy")
 
     t.evaluate()
     t.predict(Tokens(8))
@@ -419,7 +421,7 @@ def test_given_evaluate_and_predict_outside_training_then_each_is_a_run(tmp_path
     assert cb.errors == []
     assert list(cb.results) == ["evaluate", "predict"]
     assert cb.results["predict"].name == "transformers/predict"
-    assert {"energy.evaluate/energy_j", "energy.predict/energy_j"} <= reporter.keys()
+    assert {"energy/evaluate/energy_j", "energy/predict/energy_j"} <= reporter.keys()
 
 
 def test_given_no_transformers_installed_then_the_error_says_what_to_install(monkeypatch):

@@ -16,6 +16,8 @@ from typing import Any, Callable, Dict, List, Optional, TypeVar
 import greenml
 from greenml._errors import GreenmlError
 
+from ._metrics import SUMMARY, domain_metrics, fields, finite, metric_key, phase_prefix
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 #: Default number of optimizer steps after which the whole run is forecast once.
@@ -30,53 +32,27 @@ class IntegrationWarning(RuntimeWarning):
     """greenml's bookkeeping failed inside a trainer callback; training went on."""
 
 
-def metric_key(domain: str) -> str:
-    """A domain key as a metric name part: ``gpu:0`` -> ``gpu_0`` (MLflow on Windows and some
-    dashboards refuse colons)."""
-    return domain.replace(":", "_")
+#: What the callbacks log of a run or phase: the first fields of MLflow's summary.
+RUN_FIELDS = SUMMARY[:4]
+_FORECAST_FIELDS = tuple(
+    (f, f) for f in ("energy_j", "low_j", "high_j", "duration_s", "co2e_g", "fraction_profiled")
+) + (("total_steps", "total_steps"),)
 
 
 def measurement_metrics(m: Any, prefix: str, per_domain: bool = True) -> Dict[str, float]:
-    """``energy_j``, ``duration_s``, ``power_w``, ``co2e_g`` (and ``energy_j/<domain>``) of a
-    :class:`greenml.Measurement`, each under ``prefix``; unknown (NaN) values are left out."""
-    out = {
-        f"{prefix}energy_j": m.energy_j,
-        f"{prefix}duration_s": m.duration_s,
-        f"{prefix}power_w": m.mean_power_w,
-        f"{prefix}co2e_g": m.co2e_g,
-    }
+    """``<prefix>/energy_j``, ``/duration_s``, ``/power_w``, ``/co2e_g`` (and
+    ``<prefix>/domain/<domain>/energy_j``) of a :class:`greenml.Measurement`; unknown (NaN)
+    values are left out."""
+    out = fields(m, RUN_FIELDS, prefix)
     if per_domain:
-        for domain, joules in m.by_domain.items():
-            out[f"{prefix}energy_j/{metric_key(domain)}"] = joules
-    return finite(out)
+        out.update(domain_metrics(m.by_domain, prefix))
+    return out
 
 
 def forecast_metrics(f: Any, prefix: str) -> Dict[str, float]:
-    """The metrics of a :class:`greenml.Forecast` under ``<prefix>forecast/``."""
-    p = f"{prefix}forecast/"
-    return finite(
-        {
-            f"{p}energy_j": f.energy_j,
-            f"{p}low_j": f.low_j,
-            f"{p}high_j": f.high_j,
-            f"{p}duration_s": f.duration_s,
-            f"{p}co2e_g": f.co2e_g,
-            f"{p}fraction_profiled": f.fraction_profiled,
-            f"{p}total_steps": float(f.total_steps),
-            f"{p}stationary": 1.0 if f.stationary else 0.0,
-        }
-    )
-
-
-def finite(metrics: Dict[str, Any]) -> Dict[str, float]:
-    out = {}
-    for k, v in metrics.items():
-        try:
-            v = float(v)
-        except (TypeError, ValueError):
-            continue
-        if math.isfinite(v):
-            out[k] = v
+    """The metrics of a :class:`greenml.Forecast` under ``<prefix>/forecast/``."""
+    out = fields(f, _FORECAST_FIELDS, prefix, "forecast")
+    out[metric_key(prefix, "forecast", "stationary")] = 1.0 if f.stationary else 0.0
     return out
 
 
@@ -222,8 +198,9 @@ class _Session:
         if self.powercap is not None:
             self._powercap_open = True
 
-    def stop(self) -> Dict[str, float]:
-        """Stops the run's meter; the final metrics (the run, its phases, its steps)."""
+    def stop(self, prefix: Optional[str] = None) -> Dict[str, float]:
+        """Stops the run's meter; the final metrics (the run, its phases, its steps), under
+        ``prefix`` (default: the callback's)."""
         self.close_phase()
         m = self.meter
         if m is None or not m.running:
@@ -232,9 +209,10 @@ class _Session:
         assert self.stage is not None
         result = m.result(wait=True)  # settled: these numbers are final
         self.results[self.stage] = result
-        out = measurement_metrics(result, self.prefix)
-        out.update(self.phase_metrics())
-        out.update(self.step_metrics())
+        p = self.prefix if prefix is None else prefix
+        out = measurement_metrics(result, p)
+        out.update(self.phase_metrics(prefix=p))
+        out.update(self.step_metrics(prefix=p))
         return out
 
     def close_powercap(self) -> None:
@@ -316,7 +294,7 @@ class _Session:
     # -- live metrics ----------------------------------------------------------------------
 
     def live_metrics(self) -> Dict[str, float]:
-        """The run so far (cumulative), the stretch since the last call (``<prefix>epoch/``),
+        """The run so far (cumulative), the stretch since the last call (``<prefix>/epoch/``),
         its phases and steps."""
         if not self.running:
             return {}
@@ -325,38 +303,35 @@ class _Session:
         out = measurement_metrics(now, self.prefix)
         de = now.energy_j - self._last_j
         ds = now.duration_s - self._last_s
-        out.update(
-            finite(
-                {
-                    f"{self.prefix}epoch/energy_j": de,
-                    f"{self.prefix}epoch/duration_s": ds,
-                    f"{self.prefix}epoch/power_w": de / ds if ds > 0 else math.nan,
-                }
-            )
-        )
+        epoch = {"energy_j": de, "duration_s": ds, "power_w": de / ds if ds > 0 else math.nan}
+        out.update(finite({metric_key(self.prefix, "epoch", k): v for k, v in epoch.items()}))
         self._last_j, self._last_s = now.energy_j, now.duration_s
         out.update(self.phase_metrics())
         out.update(self.step_metrics())
         return out
 
-    def phase_metrics(self, names: Optional[List[str]] = None) -> Dict[str, float]:
-        """``<prefix><phase>/energy_j`` etc. of the closed repeats of each phase."""
+    def phase_metrics(
+        self, names: Optional[List[str]] = None, prefix: Optional[str] = None
+    ) -> Dict[str, float]:
+        """``<prefix>/phase/<phase>/energy_j`` etc. of the closed repeats of each phase."""
         if self.meter is None:
             return {}
+        p = self.prefix if prefix is None else prefix
         out: Dict[str, float] = {}
         for name, ph in self.meter.phases.items():
             if names is None or name in names:
-                out.update(measurement_metrics(ph, f"{self.prefix}{name}/", per_domain=False))
+                out.update(measurement_metrics(ph, phase_prefix(p, name), per_domain=False))
         return out
 
-    def step_metrics(self) -> Dict[str, float]:
+    def step_metrics(self, prefix: Optional[str] = None) -> Dict[str, float]:
         if self.meter is None or not self.steps:
             return {}
+        p = self.prefix if prefix is None else prefix
         st = self.meter.steps
         return finite(
             {
-                f"{self.prefix}steps": float(self.steps),
-                f"{self.prefix}energy_per_step_j": st.mean_j if st.count else math.nan,
+                metric_key(p, "steps"): self.steps,
+                metric_key(p, "energy_per_step_j"): st.mean_j if st.count else math.nan,
             }
         )
 

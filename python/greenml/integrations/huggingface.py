@@ -26,7 +26,8 @@ from __future__ import annotations
 
 from typing import Any, Dict, Optional
 
-from ._session import FORECAST_AFTER_STEPS, IntegrationWarning, Readouts, _Session, finite, guarded
+from ._metrics import metric_key
+from ._session import FORECAST_AFTER_STEPS, IntegrationWarning, Readouts, _Session, guarded
 
 try:
     from transformers import TrainerCallback
@@ -44,7 +45,9 @@ class GreenmlCallback(Readouts, TrainerCallback):  # type: ignore[misc]
     Args:
         name: the training meter is named ``<name>/train`` (``<name>/evaluate`` and
             ``<name>/predict`` for calls outside training).
-        prefix: prefix of every logged metric (default ``"greenml/"``).
+        prefix: the first part of every metric key, joined by ``/`` (default ``"greenml"``:
+            ``greenml/energy_j``, ``greenml/phase/train/energy_j``, ...; the keys of
+            :mod:`greenml.integrations.mlflow`).
         forecast_after_steps: forecast the whole run (``state.max_steps`` steps) once this many
             optimizer steps have run (at least 40; retried a little later while too few steps
             have resolved; skipped when the run is shorter); None: no forecast.
@@ -67,7 +70,7 @@ class GreenmlCallback(Readouts, TrainerCallback):  # type: ignore[misc]
         self,
         name: str = "transformers",
         *,
-        prefix: str = "greenml/",
+        prefix: str = "greenml",
         forecast_after_steps: Optional[int] = FORECAST_AFTER_STEPS,
         log: Optional[str] = None,
         powercap: Any = None,
@@ -207,13 +210,8 @@ class GreenmlCallback(Readouts, TrainerCallback):  # type: ignore[misc]
         assert s.meter is not None
         s.stage = kind
         s.meter.name = f"{s.name}/{kind}"
-        metrics = s.stop()
-        p = s.prefix
-        # The run is the phase here: its totals under <prefix><kind>/.
-        self._emit(
-            state,
-            finite({k.replace(p, f"{p}{kind}/", 1): v for k, v in metrics.items()}),
-        )
+        # The run is the phase here: its totals under <prefix>/<kind>/.
+        self._emit(state, s.stop(prefix=metric_key(s.prefix, kind)))
         if self.trainer is None and state.is_world_process_zero:
             self._flush_to_history(state)
 

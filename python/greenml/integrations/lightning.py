@@ -24,15 +24,7 @@ import functools
 import sys
 from typing import TYPE_CHECKING, Any, Dict, Optional
 
-from ._session import (  # noqa: F401 - IntegrationWarning, finite, metric_key: public here too
-    FORECAST_AFTER_STEPS,
-    IntegrationWarning,
-    Readouts,
-    _Session,
-    finite,
-    guarded,
-    metric_key,
-)
+from ._session import FORECAST_AFTER_STEPS, IntegrationWarning, Readouts, _Session, guarded
 
 __all__ = ["GreenmlCallback", "IntegrationWarning"]
 
@@ -63,7 +55,9 @@ def _make_callback_class(pl: Any) -> type:
         Args:
             name: meters are named ``<name>/<stage>`` (``fit``, ``validate``, ``test``,
                 ``predict``).
-            prefix: prefix of every logged metric (default ``"greenml/"``).
+            prefix: the first part of every metric key, joined by ``/`` (default ``"greenml"``:
+                ``greenml/energy_j``, ``greenml/phase/train/energy_j``, ...; the keys of
+                :mod:`greenml.integrations.mlflow`).
             forecast_after_steps: forecast the whole fit
                 (``trainer.estimated_stepping_batches`` steps) once this many optimizer steps
                 have run (at least 40; retried a little later while too few steps have
@@ -86,7 +80,7 @@ def _make_callback_class(pl: Any) -> type:
             self,
             name: str = "lightning",
             *,
-            prefix: str = "greenml/",
+            prefix: str = "greenml",
             forecast_after_steps: Optional[int] = FORECAST_AFTER_STEPS,
             log: Optional[str] = None,
             powercap: Any = None,

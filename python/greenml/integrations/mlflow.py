@@ -10,8 +10,8 @@
 
     gm_mlflow.log_result(m)                         # or log any result yourself
 
-Metric keys (``prefix`` = ``greenml``): ``greenml/energy_j``, ``/duration_s``, ``/power_w`` (mean), ``/co2e_g``,
-``/uncertainty_j``, per domain ``greenml/domain/<domain>/energy_j`` (``gpu:0`` -> ``gpu_0``:
+Metric keys (``prefix`` = ``greenml``; the trainer callbacks use the same scheme):
+``greenml/energy_j``, ``/duration_s``, ``/power_w`` (mean), ``/co2e_g``, ``/uncertainty_j``, per domain ``greenml/domain/<domain>/energy_j`` (``gpu:0`` -> ``gpu_0``:
 a colon is not a valid metric key on every MLflow backend), per phase
 ``greenml/phase/<phase>/energy_j`` (``duration_s``, ``power_w``, ``co2e_g``,
 ``energy_per_item_j``), per step ``greenml/steps``,
@@ -27,7 +27,6 @@ mlflow (``pip install "greenml[mlflow]"``).
 
 from __future__ import annotations
 
-import math
 import re
 import time
 import warnings
@@ -44,13 +43,13 @@ except ImportError as _exc:  # pragma: no cover - depends on the environment
 
 import greenml
 
+from ._metrics import SUMMARY, domain_metrics, fields, metric_key, phase_prefix
+
 __all__ = ["MlflowLoggingWarning", "log_result", "meter", "metric_key"]
 
 #: MLflow accepts at most this many metrics, and this many tags, in one batch.
 _MAX_METRICS_PER_BATCH = 1000
 _MAX_TAGS_PER_BATCH = 100
-_MAX_KEY_LEN = 250
-_UNSAFE_KEY = re.compile(r"[^A-Za-z0-9_\-. /]")
 _UNSAFE_FILE = re.compile(r"[^A-Za-z0-9_\-.]")
 
 
@@ -73,43 +72,6 @@ def _warn_once(what: str, exc: BaseException) -> None:
     )
 
 
-def metric_key(prefix: str, *parts: str) -> str:
-    """A valid MLflow metric key: ``prefix`` (which may hold ``/``) and ``parts`` joined by
-    ``/``. Characters MLflow refuses somewhere (``gpu:0``'s colon among them) become ``_``, and
-    so does ``/`` inside a part; no ``..``.
-
-    No key is a ``/``-prefix of another (MLflow's file store keeps ``a/b`` as a file in a
-    directory ``a``, so ``a`` and ``a/b`` cannot both exist): names of domains and phases sit
-    under ``domain/`` and ``phase/``, never beside the summary metrics."""
-    head = "/".join(_UNSAFE_KEY.sub("_", p) for p in prefix.split("/") if p)
-    tail = [_UNSAFE_KEY.sub("_", p.replace("/", "_")) for p in parts if p]
-    key = "/".join([head, *tail] if head else tail)
-    while ".." in key:
-        key = key.replace("..", "_.")
-    return key[:_MAX_KEY_LEN]
-
-
-def _number(v: Any) -> Optional[float]:
-    if isinstance(v, bool) or v is None:
-        return None
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
-
-
-# What a result dict (Measurement.to_dict()) holds, and the metric each field becomes.
-_SUMMARY = (
-    ("energy_j", "energy_j"),
-    ("duration_s", "duration_s"),
-    ("mean_power_w", "power_w"),
-    ("co2e_g", "co2e_g"),
-    ("uncertainty_j", "uncertainty_j"),
-    ("energy_per_item_j", "energy_per_item_j"),
-    ("items", "items"),
-    ("net_energy_j", "net_energy_j"),
-)
 # A decorated function's CallStats.to_dict().
 _CALLS = (
     ("calls", "calls"),
@@ -132,32 +94,18 @@ _STEPS = (
 )
 
 
-def _fields(
-    d: Dict[str, Any], table: Tuple[Tuple[str, str], ...], prefix: str, *parts: str
-) -> Dict[str, float]:
-    out = {}
-    for field, name in table:
-        v = _number(d.get(field))
-        if v is not None:
-            out[metric_key(prefix, *parts, name)] = v
-    return out
-
-
 def result_metrics(d: Dict[str, Any], prefix: str = "greenml") -> Dict[str, float]:
     """The summary metrics of a result dict (a meter's, a measurement's or a CallStats'
     ``to_dict()``): finite values only, keys made valid for MLflow."""
     if d.get("type") is None and "calls" in d:  # CallStats
-        return _fields(d, _CALLS, prefix)
-    out = _fields(d, _SUMMARY, prefix)
-    for domain, joules in (d.get("by_domain") or {}).items():
-        v = _number(joules)
-        if v is not None:
-            out[metric_key(prefix, "domain", domain, "energy_j")] = v
+        return fields(d, _CALLS, prefix)
+    out = fields(d, SUMMARY, prefix)
+    out.update(domain_metrics(d.get("by_domain") or {}, prefix))
     for name, phase in (d.get("phases") or {}).items():
-        out.update(_fields(phase, _SUMMARY[:6], prefix, "phase", str(name)))
+        out.update(fields(phase, SUMMARY[:6], phase_prefix(prefix, str(name))))
     steps = d.get("steps") or {}
     if steps.get("count"):
-        out.update(_fields(steps, _STEPS, prefix))
+        out.update(fields(steps, _STEPS, prefix))
     return out
 
 
