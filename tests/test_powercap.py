@@ -8,6 +8,7 @@ that change a limit through greenml and then end in the way under test.
 from __future__ import annotations
 
 import json
+import time
 import os
 import signal
 import subprocess
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+import greenml
 import greenml.powercap as pc
 from fakes.nvml import NO_PERMISSION
 
@@ -64,6 +66,27 @@ def test_given_gpu_and_rapl_when_reading_limits_then_every_value_is_reported(mac
     assert pkg.constraints[0].time_window_s == pytest.approx(27.983872)
     assert "dram:0" not in found  # a zone without constraint files has no limit
     assert machine["gpu"].limit_history(0) == []  # reading wrote nothing
+
+
+def test_given_limits_when_a_meter_ends_then_its_record_and_dict_carry_them(machine, tmp_path):
+    from fakes.truth import make_runtime
+
+    rt = make_runtime(nvml_library=machine["gpu"].library_path,
+                      powercap_root=machine["rapl"].root, sources={"nvml", "rapl"})
+    try:
+        log = tmp_path / "m.jsonl"
+        with greenml.meter("capped", runtime=rt, log=str(log)) as m:
+            time.sleep(0.02)
+        machine["gpu"].set_limits(0, 200, min_w=125, max_w=300, default_w=300)  # changed after
+        rec = next(r for r in map(json.loads, log.read_text().splitlines())
+                   if r["type"] == "meter")
+        # The record holds the limits as they stood when the meter ended; the dict, as now.
+        assert rec["power_limits"]["gpu:0"] == {
+            "current_w": 300, "default_w": 300, "min_w": 125, "max_w": 300, "enforced_w": 300}
+        assert rec["power_limits"]["package:0"]["current_w"] == 125
+        assert m.to_dict()["power_limits"]["gpu:0"]["current_w"] == 200
+    finally:
+        rt.stop()
 
 
 def test_given_a_limit_when_listing_sensors_then_table_and_json_show_it(machine):

@@ -642,6 +642,7 @@ class Meter:
         d["run_id"] = self._run_id
         d["phases"] = {n: p.to_dict() for n, p in self.phases.items()}
         d["steps"] = self.steps.to_dict()
+        d["power_limits"] = self._rt.power_limits()
         return d
 
     def to_dataframe(self) -> Any:
@@ -701,6 +702,9 @@ class Meter:
             rec["steps"]["profile"] = profile
         if self._trace_path is not None:
             rec["trace"] = os.path.abspath(self._trace_path)
+        limits = self._rt.power_limits()  # as they stand when the meter ends
+        if limits:
+            rec["power_limits"] = limits
         first = self._job_ranks[0] if self._job_ranks else None
         if first is not None:
             rec["job_run_id"] = first["run_id"]

@@ -14,7 +14,7 @@ import threading
 import warnings
 import weakref
 from dataclasses import dataclass
-from typing import Any, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from . import _core, _cpu_model
 from ._config import Settings, settings_from_env
@@ -270,6 +270,25 @@ class Runtime:
         idling (its newest sample may be old: callers that need an exact edge then take a
         synchronous reading)."""
         return bool(self.sampler.touch(self.edge_hold_ns, True))
+
+    def power_limits(self) -> Dict[str, Dict[str, Any]]:
+        """Per domain, its power limits as read now (W: current, default, min, max, enforced;
+        RAPL: each constraint), through this runtime's open NVML. Reads only; {} when none can
+        be read. Not on any hot path: meters read it when they write a record or a dict."""
+        try:
+            from .powercap import limits
+
+            nvml = next((s for s in self.sources if s.name == "nvml"), None)
+            found = limits(settings=self.settings, nvml_source=nvml)
+        except Exception:  # a limit that cannot be read is simply not reported
+            return {}
+        keep = ("current_w", "default_w", "min_w", "max_w", "enforced_w", "constraints")
+        return {
+            lim.domain: {
+                k: v for k, v in lim.to_dict().items() if k in keep and v not in (None, [], ())
+            }
+            for lim in found
+        }
 
     def events(self) -> List[ChannelEvent]:
         """Every event the sampler has reported so far (at most MAX_EVENTS, newest kept)."""

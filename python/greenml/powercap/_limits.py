@@ -136,11 +136,13 @@ def _gpu_limit(d: Mapping[str, Any], euid: int) -> PowerLimit:
     )
 
 
-def gpu_limits(settings: Optional[Settings] = None) -> List[PowerLimit]:
+def gpu_limits(settings: Optional[Settings] = None, source: Any = None) -> List[PowerLimit]:
     """Power limits of this process's GPUs (gpu:<i> as CUDA numbers them); a GPU whose NVML
-    reports none of them is left out."""
+    reports none of them is left out. ``source``: an NVML source already open (a runtime's),
+    read instead of opening NVML again."""
     settings = settings or settings_from_env()
-    found = [_gpu_limit(d, os.geteuid()) for d in _nvml(settings).power_limits()]
+    src = source if source is not None else _nvml(settings)
+    found = [_gpu_limit(d, os.geteuid()) for d in src.power_limits()]
     known = ("current_w", "default_w", "min_w", "max_w", "enforced_w")
     return [lim for lim in found if any(getattr(lim, k) is not None for k in known)]
 
@@ -309,15 +311,18 @@ def set_rapl_limit(path: str, watts: float) -> None:
 
 
 def limits(
-    env: Optional[Mapping[str, str]] = None, settings: Optional[Settings] = None
+    env: Optional[Mapping[str, str]] = None,
+    settings: Optional[Settings] = None,
+    nvml_source: Any = None,
 ) -> List[PowerLimit]:
     """Every power limit greenml can see: GPUs first (gpu:<i>), then RAPL zones. Reads only;
     never needs root. Honours ``GREENML_SOURCES``, ``GREENML_NVML_LIBRARY`` and
-    ``GREENML_POWERCAP_ROOT``; a domain without limits is left out."""
+    ``GREENML_POWERCAP_ROOT``; a domain without limits is left out. ``nvml_source``: an NVML
+    source already open (a runtime's), so NVML is not initialised again."""
     settings = settings or settings_from_env(env)
     out: List[PowerLimit] = []
     if "nvml" in settings.sources:
-        out += gpu_limits(settings)
+        out += gpu_limits(settings, nvml_source)
     if "rapl" in settings.sources:
         out += rapl_limits(settings.powercap_root)
     return out
