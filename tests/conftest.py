@@ -96,3 +96,52 @@ def runtimes(monkeypatch):
     r = Runtimes()
     yield r.make
     r.stop_all()
+
+
+@pytest.fixture
+def fake_rapl(tmp_path):
+    """``fake_rapl({"intel-rapl:0": (base_w, amp_w, freq_hz), ...})``: a fake RAPL tree under
+    tmp_path (a package with its dram subzone) whose zones draw these power profiles, rewritten
+    by a running ``fakes.truth.RaplWriter`` until teardown. Returns the writer: ``.root`` for a
+    runtime, ``.true_energy_j(zone, t0_ns, t1_ns)`` for the truth."""
+    from fakes.truth import RaplWriter, rapl_tree
+
+    writers: List[RaplWriter] = []
+
+    def make(profiles) -> RaplWriter:
+        w = RaplWriter(rapl_tree(tmp_path / f"rapl{len(writers)}"), profiles).start()
+        writers.append(w)
+        return w
+
+    yield make
+    for w in writers:
+        w.stop()
+
+
+@pytest.fixture
+def rapl_runtime(fake_rapl, runtimes):
+    """A Runtime (1 ms samples, warmed up) over a fake RAPL package drawing a constant 30 W."""
+    from fakes.truth import warm_up
+
+    rt = runtimes(
+        powercap_root=fake_rapl({"intel-rapl:0": (30.0, 0.0, 1.0)}).root,
+        sources={"rapl"},
+        interval_ms=1.0,
+    )
+    warm_up(rt, seconds=0.02)
+    return rt
+
+
+@pytest.fixture
+def gpu_with_limits(fake_nvml, tmp_path, monkeypatch, runtimes):
+    """One fake GPU drawing a constant 200 W, power limit 300 W in [125, 300]; GREENML_* point
+    at it (NVML only) and at a power-capping state file under tmp_path. Returns (fake NVML, a
+    Runtime measuring the GPU)."""
+    fake_nvml.add_device(name="Fake H100")
+    fake_nvml.set_limits(0, 300, min_w=125, max_w=300, default_w=300)
+    fake_nvml.set_profile(0, base_w=200.0, update_ms=1.0)
+    monkeypatch.setenv("GREENML_NVML_LIBRARY", str(fake_nvml.library_path))
+    monkeypatch.setenv("GREENML_SOURCES", "nvml")
+    monkeypatch.setenv("GREENML_POWERCAP_STATE", str(tmp_path / "powercap-state.json"))
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    return fake_nvml, runtimes(nvml_library=fake_nvml.library_path, sources=("nvml",))

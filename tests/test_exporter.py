@@ -26,7 +26,7 @@ import greenml  # noqa: E402
 from greenml import exporter  # noqa: E402
 from greenml.exporter import GreenmlCollector  # noqa: E402
 
-from fakes.truth import RaplWriter, rapl_tree, warm_up  # noqa: E402
+from fakes.truth import warm_up  # noqa: E402
 
 PKG = (40.0, 10.0, 3.0)  # package-0: base_w, amp_w, freq_hz
 DRAM = (6.0, 0.0, 0.0)  # its dram subzone, at constant power
@@ -55,10 +55,8 @@ def by_label(series: Series, name: str, label: str) -> Dict[str, float]:
 
 
 @pytest.fixture
-def rapl_writer(tmp_path):
-    root = rapl_tree(tmp_path)
-    with RaplWriter(root, {"intel-rapl:0": PKG, "intel-rapl:0:0": DRAM}) as w:
-        yield w
+def rapl_writer(fake_rapl):
+    return fake_rapl({"intel-rapl:0": PKG, "intel-rapl:0:0": DRAM})
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ pl = pytest.importorskip("lightning.pytorch")
 torch = pytest.importorskip("torch")
 
 import greenml  # noqa: E402
-from fakes.truth import RaplWriter, rapl_tree, warm_up  # noqa: E402
+from fakes.nvml import NO_PERMISSION  # noqa: E402
 from greenml.integrations import _session  # noqa: E402
 from greenml.integrations import lightning as gl  # noqa: E402
 from lightning.pytorch.loggers import CSVLogger, Logger  # noqa: E402
@@ -110,15 +110,6 @@ class FakeCapper:
         self.steps_at_close = self.steps
 
 
-@pytest.fixture
-def rt(tmp_path, runtimes):
-    root = rapl_tree(tmp_path)
-    with RaplWriter(root, {"intel-rapl:0": (30.0, 0.0, 1.0)}):
-        r = runtimes(powercap_root=root, sources={"rapl"}, interval_ms=1.0)
-        warm_up(r, seconds=0.02)
-        yield r
-
-
 def loader(n: int, batch: int = 4) -> DataLoader:
     g = torch.Generator().manual_seed(0)
     return DataLoader(TensorDataset(torch.randn(n, 8, generator=g), torch.randn(n, 1)), batch)
@@ -147,11 +138,14 @@ def spans_do_not_overlap(meter) -> bool:
 
 
 def test_given_a_fit_when_it_ends_then_phases_steps_metrics_forecast_and_capper_are_right(
-    tmp_path, rt
+    tmp_path, rapl_runtime
 ):
     capper = FakeCapper()
     cb = gl.GreenmlCallback(
-        forecast_after_steps=40, powercap=capper, log=str(tmp_path / "e.jsonl"), runtime=rt
+        forecast_after_steps=40,
+        powercap=capper,
+        log=str(tmp_path / "e.jsonl"),
+        runtime=rapl_runtime,
     )
     capture = Capture()
     csv_logger = CSVLogger(tmp_path, name="csv")
@@ -216,9 +210,11 @@ def test_given_a_fit_when_it_ends_then_phases_steps_metrics_forecast_and_capper_
     assert ("meter", "lightning/fit") in names and ("phase", "train") in names
 
 
-def test_given_gradient_accumulation_when_fitting_then_a_step_is_an_optimizer_step(tmp_path, rt):
+def test_given_gradient_accumulation_when_fitting_then_a_step_is_an_optimizer_step(
+    tmp_path, rapl_runtime
+):
     capper = FakeCapper()
-    cb = gl.GreenmlCallback(powercap=capper, runtime=rt)
+    cb = gl.GreenmlCallback(powercap=capper, runtime=rapl_runtime)
     t = trainer(
         tmp_path,
         cb,
@@ -235,14 +231,14 @@ def test_given_gradient_accumulation_when_fitting_then_a_step_is_an_optimizer_st
 
 
 def test_given_greenml_failing_inside_the_loop_when_fitting_then_training_goes_on_and_warns_once(
-    tmp_path, rt, monkeypatch
+    tmp_path, rapl_runtime, monkeypatch
 ):
     def broken(self):
         raise RuntimeError("injected failure")
 
     monkeypatch.setattr(greenml.Meter, "step", broken)
     capper = FakeCapper()
-    cb = gl.GreenmlCallback(powercap=capper, runtime=rt)
+    cb = gl.GreenmlCallback(powercap=capper, runtime=rapl_runtime)
     t = trainer(tmp_path, cb, max_epochs=1, limit_train_batches=8, limit_val_batches=2)
 
     with pytest.warns(gl.IntegrationWarning, match="injected failure") as caught:
@@ -256,10 +252,10 @@ def test_given_greenml_failing_inside_the_loop_when_fitting_then_training_goes_o
 
 
 def test_given_warnings_as_errors_when_greenml_fails_then_training_still_goes_on(
-    tmp_path, rt, monkeypatch
+    tmp_path, rapl_runtime, monkeypatch
 ):
     monkeypatch.setattr(greenml.Meter, "step", lambda self: 1 / 0)
-    cb = gl.GreenmlCallback(runtime=rt)
+    cb = gl.GreenmlCallback(runtime=rapl_runtime)
     t = trainer(tmp_path, cb, max_epochs=1, limit_train_batches=4, limit_val_batches=0)
 
     with warnings.catch_warnings():
@@ -269,10 +265,12 @@ def test_given_warnings_as_errors_when_greenml_fails_then_training_still_goes_on
     assert t.global_step == 4 and "ZeroDivisionError" in cb.errors[0]
 
 
-def test_given_training_fails_when_fitting_then_capper_closed_and_energy_so_far_kept(tmp_path, rt):
+def test_given_training_fails_when_fitting_then_capper_closed_and_energy_so_far_kept(
+    tmp_path, rapl_runtime
+):
     capper = FakeCapper()
     capture = Capture()
-    cb = gl.GreenmlCallback(powercap=capper, runtime=rt)
+    cb = gl.GreenmlCallback(powercap=capper, runtime=rapl_runtime)
     t = trainer(tmp_path, cb, capture, max_epochs=1, limit_train_batches=10, limit_val_batches=0)
 
     with pytest.raises(RuntimeError, match="the model failed"):
@@ -285,9 +283,9 @@ def test_given_training_fails_when_fitting_then_capper_closed_and_energy_so_far_
 
 
 @pytest.mark.filterwarnings("ignore::greenml.ShortWindowWarning")  # a 3-batch run is short
-def test_given_validate_test_and_predict_calls_then_each_is_its_own_run(tmp_path, rt):
+def test_given_validate_test_and_predict_calls_then_each_is_its_own_run(tmp_path, rapl_runtime):
     capture = Capture()
-    cb = gl.GreenmlCallback(runtime=rt, prefix="energy")
+    cb = gl.GreenmlCallback(runtime=rapl_runtime, prefix="energy")
     t = trainer(
         tmp_path, cb, capture, limit_val_batches=3, limit_test_batches=3, limit_predict_batches=3
     )
@@ -309,9 +307,11 @@ def test_given_validate_test_and_predict_calls_then_each_is_its_own_run(tmp_path
     } <= capture.keys()
 
 
-def test_given_a_fit_shorter_than_the_forecast_point_then_no_forecast_and_no_warning(tmp_path, rt):
+def test_given_a_fit_shorter_than_the_forecast_point_then_no_forecast_and_no_warning(
+    tmp_path, rapl_runtime
+):
     capture = Capture()
-    cb = gl.GreenmlCallback(runtime=rt, forecast_after_steps=5)
+    cb = gl.GreenmlCallback(runtime=rapl_runtime, forecast_after_steps=5)
     t = trainer(tmp_path, cb, capture, max_epochs=1, limit_train_batches=12, limit_val_batches=0)
 
     t.fit(Tiny(), loader(48))
@@ -325,6 +325,8 @@ def test_given_bad_options_then_the_callback_refuses_them_before_training(monkey
         gl.GreenmlCallback(forecast_after_steps=0)
     with pytest.raises(greenml.GreenmlError, match="step\\(\\) and close\\(\\)"):
         gl.GreenmlCallback(powercap=object())
+    with pytest.raises(greenml.GreenmlError, match="not options of greenml.powercap.Tuner"):
+        gl.GreenmlCallback(powercap={"max_slowdwn": 0.05})
     monkeypatch.setattr(_session, "supports_distributed", lambda: False)
     with pytest.raises(greenml.GreenmlError, match="distributed=True"):
         gl.GreenmlCallback(distributed=True)
@@ -342,7 +344,7 @@ def test_given_no_lightning_installed_then_the_error_says_what_to_install(monkey
 
 
 def test_given_mlflows_logger_on_a_file_store_when_fitting_then_greenml_metrics_arrive(
-    tmp_path, rt, monkeypatch
+    tmp_path, rapl_runtime, monkeypatch
 ):
     # Given: Lightning's own MLflow logger on a local file store (MLflow keeps a/b as a file
     # in a directory a: one key that is a "/"-prefix of another fails the whole batch)
@@ -354,7 +356,7 @@ def test_given_mlflows_logger_on_a_file_store_when_fitting_then_greenml_metrics_
     monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
     uri = (tmp_path / "mlruns").as_uri()
     logger = MLFlowLogger(experiment_name="greenml", tracking_uri=uri)
-    cb = gl.GreenmlCallback(runtime=rt)
+    cb = gl.GreenmlCallback(runtime=rapl_runtime)
     t = trainer(tmp_path, cb, logger, max_epochs=2, limit_train_batches=6, limit_val_batches=2)
 
     # When
@@ -369,3 +371,56 @@ def test_given_mlflows_logger_on_a_file_store_when_fitting_then_greenml_metrics_
     )
     assert got[P + "phase/train/energy_j"] > 0 and got[P + "phase/validate/energy_j"] > 0
     assert got[P + "epoch/energy_j"] > 0 and got[P + "steps"] == 12
+
+
+# ---------------------------------------------------------------------- power capping
+
+#: A tuner that decides after 5 steps: the first sets 300 W, two measured at 300 W, two at 200 W.
+TUNER = {"limits": [300, 200], "steps_per_limit": 2, "warmup_steps": 0, "max_slowdown": None}
+
+#: The tuner measures 2-step windows of a tiny model: shorter than the fake's sampling period.
+short_windows = pytest.mark.filterwarnings("ignore::greenml.ShortWindowWarning")
+
+
+@short_windows
+def test_given_tuner_options_and_privileges_when_fitting_then_tuned_choice_logged_and_restored(
+    tmp_path, gpu_with_limits
+):
+    gpu, rt = gpu_with_limits
+    capture = Capture()
+    cb = gl.GreenmlCallback(runtime=rt, powercap=TUNER)
+    t = trainer(tmp_path, cb, capture, max_epochs=1, limit_train_batches=8, limit_val_batches=0)
+
+    t.fit(Tiny(), loader(32))
+
+    tuner = cb.powercap
+    assert cb.errors == [] and t.global_step == 8
+    assert (tuner.steps, tuner.state, tuner.chosen_w in (300, 200)) == (8, "closed", True)
+    chosen = [(s, m) for s, m in capture.rows if P + "powercap/chosen_w" in m]
+    assert [s for s, _ in chosen] == [5]  # logged once, at the step the tuner chose
+    assert chosen[0][1][P + "powercap/chosen_w"] == tuner.chosen_w
+    assert P + "powercap/expected_saving" in chosen[0][1]
+    assert 200 in [w for _, w in gpu.limit_history(0)]  # it did change the limit
+    assert gpu.limit_w(0) == 300  # and restored it at the fit's end
+    assert not (tmp_path / "powercap-state.json").exists()
+
+
+@short_windows
+@pytest.mark.parametrize("why", ["no permission", "no such GPU"])
+def test_given_tuner_options_without_privileges_when_fitting_then_warned_once_limit_untouched(
+    tmp_path, gpu_with_limits, why
+):
+    gpu, rt = gpu_with_limits
+    if why == "no permission":  # refused at the tuner's first change
+        gpu.set_error(0, "set_limit", NO_PERMISSION)
+    options = {**TUNER, "device": "gpu:0" if why == "no permission" else "gpu:3"}
+    cb = gl.GreenmlCallback(runtime=rt, powercap=options)
+    t = trainer(tmp_path, cb, max_epochs=1, limit_train_batches=8, limit_val_batches=0)
+
+    with pytest.warns(gl.IntegrationWarning, match="without power capping") as caught:
+        t.fit(Tiny(), loader(32))
+
+    assert len([w for w in caught if w.category is gl.IntegrationWarning]) == 1
+    assert t.global_step == 8 and cb.errors == [] and cb.result.energy_j > 0
+    assert gpu.limit_w(0) == 300 and gpu.limit_history(0) == []  # nothing was ever set
+    assert not (tmp_path / "powercap-state.json").exists()

@@ -13,7 +13,7 @@ import pytest
 
 import greenml
 
-from fakes.truth import RaplWriter, meter_window_ns, rapl_tree
+from fakes.truth import meter_window_ns
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("mlflow") is None, reason='needs pip install "greenml[mlflow]"'
@@ -24,10 +24,9 @@ DRAM = (6.0, 0.0, 0.0)
 
 
 @pytest.fixture
-def rapl_rt(tmp_path, runtimes):
-    root = rapl_tree(tmp_path / "hw")
-    with RaplWriter(root, {"intel-rapl:0": PKG, "intel-rapl:0:0": DRAM}) as w:
-        yield w, runtimes(powercap_root=root, sources={"rapl"})
+def rapl_rt(fake_rapl, runtimes):
+    w = fake_rapl({"intel-rapl:0": PKG, "intel-rapl:0:0": DRAM})
+    return w, runtimes(powercap_root=w.root, sources={"rapl"})
 
 
 def _use_store(monkeypatch, uri: str):

@@ -18,7 +18,7 @@ transformers = pytest.importorskip("transformers")
 torch = pytest.importorskip("torch")
 
 import greenml  # noqa: E402
-from fakes.truth import RaplWriter, rapl_tree, warm_up  # noqa: E402
+from fakes.nvml import NO_PERMISSION  # noqa: E402
 from greenml.integrations import huggingface as ghf  # noqa: E402
 from greenml.integrations.huggingface import IntegrationWarning  # noqa: E402
 
@@ -81,15 +81,6 @@ class FakeCapper:
 
     def close(self) -> None:
         self.closed += 1
-
-
-@pytest.fixture
-def rt(tmp_path, runtimes):
-    root = rapl_tree(tmp_path)
-    with RaplWriter(root, {"intel-rapl:0": (30.0, 0.0, 1.0)}):
-        r = runtimes(powercap_root=root, sources={"rapl"}, interval_ms=1.0)
-        warm_up(r, seconds=0.02)
-        yield r
 
 
 def make_trainer(tmp_path, callbacks=(), n=64, **kw):
@@ -268,12 +259,12 @@ def make_run(
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_given_training_with_evaluations_when_it_ends_then_phases_steps_metrics_and_capper(
-    kind, tmp_path, rt
+    kind, tmp_path, rapl_runtime
 ):
     reporter = Reporter()
     capper = FakeCapper()
     run = make_run(kind, tmp_path, [reporter], max_steps=80, eval_steps=40)
-    cb = ghf.attach(run, forecast_after_steps=40, powercap=capper, runtime=rt)
+    cb = ghf.attach(run, forecast_after_steps=40, powercap=capper, runtime=rapl_runtime)
 
     run.train()
 
@@ -318,10 +309,10 @@ def test_given_training_with_evaluations_when_it_ends_then_phases_steps_metrics_
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_given_gradient_accumulation_then_a_step_is_an_optimizer_step(kind, tmp_path, rt):
+def test_given_gradient_accumulation_then_a_step_is_an_optimizer_step(kind, tmp_path, rapl_runtime):
     capper = FakeCapper()
     run = make_run(kind, tmp_path, max_steps=5, accumulate=2)
-    cb = ghf.attach(run, powercap=capper, runtime=rt)
+    cb = ghf.attach(run, powercap=capper, runtime=rapl_runtime)
 
     run.train()
 
@@ -330,8 +321,10 @@ def test_given_gradient_accumulation_then_a_step_is_an_optimizer_step(kind, tmp_
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_given_no_trainer_reference_then_metrics_ride_the_trainers_own_logs(kind, tmp_path, rt):
-    cb = ghf.GreenmlCallback(runtime=rt)
+def test_given_no_trainer_reference_then_metrics_ride_the_trainers_own_logs(
+    kind, tmp_path, rapl_runtime
+):
+    cb = ghf.GreenmlCallback(runtime=rapl_runtime)
     run = make_run(kind, tmp_path, [cb], max_steps=6, logging_steps=3)
 
     run.train()
@@ -344,12 +337,12 @@ def test_given_no_trainer_reference_then_metrics_ride_the_trainers_own_logs(kind
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_given_greenml_failing_inside_the_loop_then_training_goes_on_and_warns_once(
-    kind, tmp_path, rt, monkeypatch
+    kind, tmp_path, rapl_runtime, monkeypatch
 ):
     monkeypatch.setattr(greenml.Meter, "step", lambda self: 1 / 0)
     capper = FakeCapper()
     run = make_run(kind, tmp_path, max_steps=6)
-    cb = ghf.attach(run, powercap=capper, runtime=rt)
+    cb = ghf.attach(run, powercap=capper, runtime=rapl_runtime)
 
     with pytest.warns(IntegrationWarning, match="ZeroDivisionError") as caught:
         run.train()
@@ -361,11 +354,11 @@ def test_given_greenml_failing_inside_the_loop_then_training_goes_on_and_warns_o
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_given_warnings_as_errors_when_greenml_fails_then_training_still_goes_on(
-    kind, tmp_path, rt, monkeypatch
+    kind, tmp_path, rapl_runtime, monkeypatch
 ):
     monkeypatch.setattr(greenml.Meter, "step", lambda self: 1 / 0)
     run = make_run(kind, tmp_path, max_steps=4)
-    cb = ghf.attach(run, runtime=rt)
+    cb = ghf.attach(run, runtime=rapl_runtime)
 
     with warnings.catch_warnings():
         warnings.simplefilter("error", IntegrationWarning)
@@ -375,10 +368,12 @@ def test_given_warnings_as_errors_when_greenml_fails_then_training_still_goes_on
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_given_training_fails_then_close_stops_the_run_and_closes_the_capper(kind, tmp_path, rt):
+def test_given_training_fails_then_close_stops_the_run_and_closes_the_capper(
+    kind, tmp_path, rapl_runtime
+):
     capper = FakeCapper()
     run = make_run(kind, tmp_path, max_steps=10, fail_at_step=5)
-    cb = ghf.attach(run, powercap=capper, runtime=rt)
+    cb = ghf.attach(run, powercap=capper, runtime=rapl_runtime)
 
     try:
         with pytest.raises(RuntimeError, match="failed"):
@@ -396,10 +391,10 @@ def test_given_training_fails_then_close_stops_the_run_and_closes_the_capper(kin
 
 
 @pytest.mark.filterwarnings("ignore::greenml.ShortWindowWarning")  # a 2-batch run is short
-def test_given_an_evaluation_outside_training_then_it_is_a_run(rt):
+def test_given_an_evaluation_outside_training_then_it_is_a_run(rapl_runtime):
     reporter = Reporter()
     run = HandRun([reporter], max_steps=2)
-    cb = ghf.attach(run, runtime=rt, prefix="energy")
+    cb = ghf.attach(run, runtime=rapl_runtime, prefix="energy")
 
     run.evaluate()
 
@@ -410,10 +405,10 @@ def test_given_an_evaluation_outside_training_then_it_is_a_run(rt):
 
 @needs_trainer
 @pytest.mark.filterwarnings("ignore::greenml.ShortWindowWarning")  # a 2-batch run is short
-def test_given_evaluate_and_predict_outside_training_then_each_is_a_run(tmp_path, rt):
+def test_given_evaluate_and_predict_outside_training_then_each_is_a_run(tmp_path, rapl_runtime):
     reporter = Reporter()
     t = make_trainer(tmp_path, [reporter])
-    cb = ghf.attach(t, runtime=rt, prefix="energy")
+    cb = ghf.attach(t, runtime=rapl_runtime, prefix="energy")
 
     t.evaluate()
     t.predict(Tokens(8))
@@ -422,6 +417,54 @@ def test_given_evaluate_and_predict_outside_training_then_each_is_a_run(tmp_path
     assert list(cb.results) == ["evaluate", "predict"]
     assert cb.results["predict"].name == "transformers/predict"
     assert {"energy/evaluate/energy_j", "energy/predict/energy_j"} <= reporter.keys()
+
+
+#: A tuner that decides after 5 steps: the first sets 300 W, two measured at 300 W, two at 200 W.
+TUNER = {"limits": [300, 200], "steps_per_limit": 2, "warmup_steps": 0, "max_slowdown": None}
+#: The tuner measures 2-step windows of a tiny model: shorter than the fake's sampling period.
+short_windows = pytest.mark.filterwarnings("ignore::greenml.ShortWindowWarning")
+
+
+@short_windows
+@pytest.mark.parametrize("kind", KINDS)
+def test_given_tuner_options_and_privileges_when_training_then_tuned_choice_logged_and_restored(
+    kind, tmp_path, gpu_with_limits
+):
+    gpu, rt = gpu_with_limits
+    reporter = Reporter()
+    run = make_run(kind, tmp_path, [reporter], max_steps=8)
+    cb = ghf.attach(run, runtime=rt, powercap=TUNER)
+
+    run.train()
+
+    tuner = cb.powercap
+    assert cb.errors == [] and run.state.global_step == 8
+    assert (tuner.steps, tuner.state, tuner.chosen_w in (300, 200)) == (8, "closed", True)
+    chosen = [(s, lg) for s, lg in reporter.logs if P + "powercap/chosen_w" in lg]
+    assert [s for s, _ in chosen] == [5]  # logged once, at the step the tuner chose
+    assert chosen[0][1][P + "powercap/chosen_w"] == tuner.chosen_w
+    assert 200 in [w for _, w in gpu.limit_history(0)]  # it did change the limit
+    assert gpu.limit_w(0) == 300  # and restored it at the end of training
+    assert not (tmp_path / "powercap-state.json").exists()
+
+
+@short_windows
+@pytest.mark.parametrize("kind", KINDS)
+def test_given_tuner_options_without_privileges_when_training_then_warned_once_limit_untouched(
+    kind, tmp_path, gpu_with_limits
+):
+    gpu, rt = gpu_with_limits
+    gpu.set_error(0, "set_limit", NO_PERMISSION)  # refused at the tuner's first change
+    run = make_run(kind, tmp_path, max_steps=8)
+    cb = ghf.attach(run, runtime=rt, powercap=TUNER)
+
+    with pytest.warns(IntegrationWarning, match="without power capping") as caught:
+        run.train()
+
+    assert len([w for w in caught if w.category is IntegrationWarning]) == 1
+    assert run.state.global_step == 8 and cb.errors == [] and cb.result.energy_j > 0
+    assert gpu.limit_w(0) == 300 and gpu.limit_history(0) == []  # nothing was ever set
+    assert not (tmp_path / "powercap-state.json").exists()
 
 
 def test_given_no_transformers_installed_then_the_error_says_what_to_install(monkeypatch):

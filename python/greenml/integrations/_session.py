@@ -11,7 +11,7 @@ import functools
 import inspect
 import math
 import warnings
-from typing import Any, Callable, Dict, List, Optional, TypeVar
+from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar
 
 import greenml
 from greenml._errors import GreenmlError
@@ -71,6 +71,31 @@ def guarded(fn: F) -> F:
     return hook  # type: ignore[return-value]
 
 
+def _powercap_option(powercap: Any) -> Tuple[Any, Optional[Dict[str, Any]]]:
+    """``powercap=`` as (an object with step() and close(), or None; the options of a
+    :class:`greenml.powercap.Tuner` to create at each training run's start, or None)."""
+    if powercap is None or powercap is False:
+        return None, None
+    if powercap is True or isinstance(powercap, dict):
+        options = {} if powercap is True else dict(powercap)
+        from greenml.powercap import Tuner
+
+        try:
+            inspect.signature(Tuner).bind(**options)
+        except TypeError as exc:
+            raise GreenmlError(
+                f"powercap={powercap!r}: not options of greenml.powercap.Tuner ({exc}); give "
+                "e.g. {'device': 'gpu:0', 'max_slowdown': 0.05}"
+            ) from None
+        return None, options
+    if callable(getattr(powercap, "step", None)) and callable(getattr(powercap, "close", None)):
+        return powercap, None
+    raise GreenmlError(
+        f"powercap={powercap!r}: give True (a greenml.powercap.Tuner with its defaults), a dict "
+        "of Tuner options, an object with step() and close(), or None"
+    )
+
+
 def supports_distributed() -> bool:
     """Whether this greenml's meter takes ``distributed=True`` (job totals over ranks)."""
     try:
@@ -107,13 +132,7 @@ class _Session:
                 f"forecast_after_steps={forecast_after_steps!r}: give a whole number of steps "
                 "(>= 1), or None for no forecast"
             )
-        if powercap is not None and not (
-            callable(getattr(powercap, "step", None)) and callable(getattr(powercap, "close", None))
-        ):
-            raise GreenmlError(
-                f"powercap={powercap!r}: give an object with step() and close(), such as a "
-                "greenml.powercap.Tuner, or None"
-            )
+        powercap, tuner_options = _powercap_option(powercap)
         if distributed and not supports_distributed():
             raise GreenmlError(
                 "distributed=True needs a greenml whose meter takes distributed=True (job totals "
@@ -125,6 +144,7 @@ class _Session:
         self.prefix = prefix
         self.forecast_after_steps = forecast_after_steps
         self.powercap = powercap
+        self.tuner_options = tuner_options
         self.meter_options = dict(meter_options)
         if log is not None:
             self.meter_options["log"] = log
@@ -144,6 +164,7 @@ class _Session:
         self._last_j = 0.0
         self._last_s = 0.0
         self._powercap_open = False
+        self._powercap_logged = False
 
     # -- errors ----------------------------------------------------------------------------
 
@@ -155,18 +176,21 @@ class _Session:
             self.errors.append(f"{where}: {type(exc).__name__}: {exc}")
         if self.error_count > 1:
             return
+        self.warn(
+            f"greenml's {self.owner} callback failed in {where} ({type(exc).__name__}: {exc}); "
+            "training goes on, but energy results may be incomplete (warned once; every error "
+            "is on callback.errors)"
+        )
+
+    def warn(self, message: str) -> None:
+        """An :class:`IntegrationWarning` that never raises, even when warnings are errors (it
+        then goes to the ``greenml`` logger)."""
         try:
-            warnings.warn(
-                f"greenml's {self.owner} callback failed in {where} ({type(exc).__name__}: "
-                f"{exc}); training goes on, but energy results may be incomplete (warned once; "
-                "every error is on callback.errors)",
-                IntegrationWarning,
-                stacklevel=3,
-            )
+            warnings.warn(message, IntegrationWarning, stacklevel=4)
         except Exception:  # noqa: BLE001 - warnings turned into errors must not escape either
             import logging
 
-            logging.getLogger("greenml").warning("%s callback failed in %s", self.owner, where)
+            logging.getLogger("greenml").warning("%s", message)
 
     def call(self, where: str, fn: Callable[[], Any]) -> Any:
         """Runs ``fn``; an error is kept (see :meth:`fail`) and None returned."""
@@ -195,8 +219,6 @@ class _Session:
         self._last_s = 0.0
         self.meter = greenml.meter(f"{self.name}/{stage}", **self.meter_options)
         self.meter.start()
-        if self.powercap is not None:
-            self._powercap_open = True
 
     def stop(self, prefix: Optional[str] = None) -> Dict[str, float]:
         """Stops the run's meter; the final metrics (the run, its phases, its steps), under
@@ -215,10 +237,67 @@ class _Session:
         out.update(self.step_metrics(prefix=p))
         return out
 
+    # -- power capping ---------------------------------------------------------------------
+
+    def open_powercap(self) -> None:
+        """At a training run's start: opens the power capper; with ``powercap=True`` or options,
+        a new :class:`greenml.powercap.Tuner` (measured by the callback's runtime unless the
+        options name one). A tuner this process may not use is warned about and left out."""
+        self._powercap_logged = False
+        if self.tuner_options is not None:
+            from greenml import powercap as pc
+
+            options = dict(self.tuner_options)
+            if "runtime" in self.meter_options:
+                options.setdefault("runtime", self.meter_options["runtime"])
+            self.powercap = None
+            try:
+                self.powercap = pc.Tuner(**options)
+            except pc.PowercapError as exc:  # NoPrivilege is one: nothing was changed
+                self._powercap_off(exc)
+                return
+        self._powercap_open = self.powercap is not None
+
+    def _step_powercap(self) -> None:
+        try:
+            self.powercap.step()
+        except Exception as exc:
+            from greenml.powercap import PowercapError
+
+            if not isinstance(exc, PowercapError):
+                raise
+            self._powercap_off(exc)  # e.g. NoPrivilege at the first limit change
+
+    def _powercap_off(self, exc: BaseException) -> None:
+        self.warn(
+            f"greenml's {self.owner} callback runs without power capping ({exc}); training goes "
+            "on under the power limit it had before"
+        )
+        if self.powercap is not None:
+            self.call("powercap.close", self.close_powercap)  # undoes whatever did change
+        self._powercap_open = False
+
     def close_powercap(self) -> None:
         if self.powercap is not None and self._powercap_open:
             self._powercap_open = False
             self.powercap.close()
+
+    def powercap_metrics(self) -> Dict[str, float]:
+        """``<prefix>/powercap/chosen_w``, ``/expected_saving`` (a fraction of energy per step),
+        ``/expected_saving_se``, ``/expected_slowdown``: once, when the tuner has chosen."""
+        cap = self.powercap
+        chosen = getattr(cap, "chosen_w", None)
+        if self._powercap_logged or chosen is None:
+            return {}
+        self._powercap_logged = True
+        saving = getattr(cap, "expected_saving", None)
+        metrics = {
+            "chosen_w": chosen,
+            "expected_saving": saving,
+            "expected_saving_se": getattr(saving, "uncertainty", None),
+            "expected_slowdown": getattr(cap, "expected_slowdown", None),
+        }
+        return finite({metric_key(self.prefix, "powercap", k): v for k, v in metrics.items()})
 
     # -- phases ----------------------------------------------------------------------------
 
@@ -264,7 +343,7 @@ class _Session:
 
     def step(self) -> Dict[str, float]:
         """One optimizer step: marks it, steps the power capper, and forecasts when due (the
-        forecast's metrics, once; else an empty dict)."""
+        metrics of the forecast and of the tuner's choice, each once; else an empty dict)."""
         self.steps += 1
         try:
             if self.running:
@@ -272,11 +351,12 @@ class _Session:
                 self.meter.step()
         finally:  # the power capper steps even when the meter failed
             if self.powercap is not None and self._powercap_open:
-                self.call("powercap.step", self.powercap.step)
+                self.call("powercap.step", self._step_powercap)
+        out = self.powercap_metrics() if self.powercap is not None else {}
         at = self._forecast_at
-        if at is None or self.steps < at or not self.running:
-            return {}
-        return self._try_forecast()
+        if at is not None and self.steps >= at and self.running:
+            out.update(self._try_forecast())
+        return out
 
     def _try_forecast(self) -> Dict[str, float]:
         assert self.meter is not None and self._total_steps is not None
@@ -363,3 +443,10 @@ class Readouts:
     @property
     def errors(self) -> List[str]:
         return list(self.session.errors)
+
+    @property
+    def powercap(self) -> Any:
+        """The power capper of the last training run (with ``powercap=True`` or options: its
+        :class:`greenml.powercap.Tuner`, with ``chosen_w`` and ``report()``; None where it
+        could not be used)."""
+        return self.session.powercap

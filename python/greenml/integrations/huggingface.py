@@ -52,9 +52,14 @@ class GreenmlCallback(Readouts, TrainerCallback):  # type: ignore[misc]
             optimizer steps have run (at least 40; retried a little later while too few steps
             have resolved; skipped when the run is shorter); None: no forecast.
         log: a JSON Lines file for greenml's records (one per run and phase).
-        powercap: an object with ``step()`` and ``close()`` (a :class:`greenml.powercap.Tuner`):
-            stepped after every optimizer step, closed when training ends (call :meth:`close`
-            in a ``finally`` to close it when training fails: the Trainer has no failure hook).
+        powercap: ``True`` or a dict of :class:`greenml.powercap.Tuner` options: a tuner made
+            at each ``train()``'s start (measured by this callback's ``runtime`` unless the
+            options name one); when this process may not change the limit, one warning and
+            training runs under the limit it had. Or an object with ``step()`` and ``close()``.
+            Stepped after every optimizer step, closed (the original limit restored) when
+            training ends (call :meth:`close` in a ``finally`` to close it when training fails:
+            the Trainer has no failure hook); the tuner's choice is logged once made
+            (``<prefix>/powercap/chosen_w``, ``/expected_saving``).
         distributed: job totals over all ``torch.distributed`` ranks
             (``greenml.meter(distributed=True)``); every rank measures, world rank zero logs.
         trainer: the Trainer, for ``trainer.log`` (see the module docstring); :func:`attach`
@@ -130,6 +135,7 @@ class GreenmlCallback(Readouts, TrainerCallback):  # type: ignore[misc]
         self._pending = {}
         s = self.session
         s.start("train")
+        s.open_powercap()
         s.set_total_steps(state.max_steps)
         s.open_phase("evaluate" if getattr(args, "eval_on_start", False) else "train")
 

@@ -63,9 +63,13 @@ def _make_callback_class(pl: Any) -> type:
                 have run (at least 40; retried a little later while too few steps have
                 resolved; skipped when the fit is shorter); None: no forecast.
             log: a JSON Lines file for greenml's records (one per run and phase).
-            powercap: an object with ``step()`` and ``close()`` (a
-                :class:`greenml.powercap.Tuner`): stepped after every optimizer step and
-                closed when the fit ends, fails or is interrupted.
+            powercap: ``True`` or a dict of :class:`greenml.powercap.Tuner` options: a tuner
+                made at each fit's start (measured by this callback's ``runtime`` unless the
+                options name one); when this process may not change the limit, one warning
+                and the fit runs under the limit it had. Or an object with ``step()`` and
+                ``close()``. Stepped after every optimizer step, closed (the original limit
+                restored) when the fit ends, fails or is interrupted; the tuner's choice is
+                logged once made (``<prefix>/powercap/chosen_w``, ``/expected_saving``).
             distributed: job totals over all ``torch.distributed`` ranks
                 (``greenml.meter(distributed=True)``); every rank measures, rank zero logs.
             log_every_epoch: log the live metrics at every training epoch's end.
@@ -131,6 +135,7 @@ def _make_callback_class(pl: Any) -> type:
             self._last_global_step = trainer.global_step
             self._in_train_epoch = False
             self.session.start("fit")
+            self.session.open_powercap()
 
         @guarded
         def on_train_start(self, trainer: Any, pl_module: Any) -> None:
