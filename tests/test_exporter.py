@@ -252,6 +252,35 @@ def test_given_a_decorated_function_called_n_times_when_scraped_then_calls_and_e
     assert lo <= served_j <= hi
 
 
+def test_given_calls_awaiting_their_counter_update_when_snapshot_then_not_waited_for(
+    powercap, runtimes, wait_until
+):
+    # Given: a function measured on a package whose counter has not moved since its calls
+    powercap.add_package(0, energy_uj=5_000_000, dram=False)
+    rt = runtimes(powercap_root=powercap.root, sources={"rapl"}, interval_ms=1.0)
+
+    @greenml.measure("exporter-test-snapshot", runtime=rt)
+    def infer(fail: bool = False) -> None:
+        if fail:
+            raise ValueError("bad input")
+
+    infer()
+    with pytest.raises(ValueError):
+        infer(fail=True)
+
+    # When: a snapshot is taken before the counter updates, and again after
+    before = infer.energy.snapshot()
+    powercap.set_energy("package:0", 6_000_000)
+    after = wait_until(lambda: (lambda s: s if s[0] == 2 else None)(infer.energy.snapshot()))
+
+    # Then: the first counts no unresolved call (it did not wait for them), only the error;
+    # the second counts both calls and the 1 J between them and the update
+    assert before[:2] == (0, 1)
+    calls, errors, energy_j, duration_s = after
+    assert (calls, errors) == (2, 1)
+    assert 0 <= energy_j <= 1.0 and duration_s > 0
+
+
 # ---------------------------------------------------------------------- robustness
 
 

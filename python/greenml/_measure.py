@@ -16,7 +16,7 @@ import threading
 import warnings
 import weakref
 from time import monotonic_ns
-from typing import Any, Callable, Dict, Optional, TypeVar, Union, overload
+from typing import Any, Callable, Dict, Optional, Tuple, TypeVar, Union, overload
 
 import numpy as np
 
@@ -151,6 +151,13 @@ class CallStats:
     def _fresh(self, attr: str) -> Any:
         self.flush()
         return getattr(self, attr)
+
+    def snapshot(self) -> Tuple[int, int, float, float]:
+        """(calls, errors, energy_j, duration_s) of the calls resolved so far, without waiting
+        for the counter updates of the others (a later snapshot counts them); thread-safe."""
+        self.flush(final=False)
+        with self._lock:
+            return self._calls, self.errors, self._total_j, self._total_s
 
     @property
     def mean_j(self) -> float:

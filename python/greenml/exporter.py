@@ -252,14 +252,12 @@ class GreenmlCollector:
 
         sums: Dict[str, List[float]] = {}
         for stats in list(_live):
-            # Resolves the calls whose counter updates have arrived; never waits for the rest,
-            # which the next scrape counts.
-            stats.flush(final=False)
-            with stats._lock:
-                n, e, s = stats._calls, stats._total_j, stats._total_s
+            # The calls whose counter updates have arrived; never waits for the rest, which the
+            # next scrape counts.
+            n, n_err, e, s = stats.snapshot()
             acc = sums.setdefault(stats.name, [0.0, 0.0, 0.0, 0.0])
             acc[0] += n
-            acc[1] += stats.errors
+            acc[1] += n_err
             acc[2] += e if n else 0.0
             acc[3] += s
         for name, (n_calls, n_err, joules, secs) in sorted(sums.items()):
