@@ -12,6 +12,7 @@ needs (``GREENML_NVML_LIBRARY``, ``FAKE_NVML_DIR``). Devices (profiles start now
 CLOCK_MONOTONIC; ``P = base + amp sin(2 pi f t)``):
 
 * 0: energy counter updated every 20 ms, 300 +/- 150 W at 1.7 Hz (the device the check loads);
+  power limit 450 W, settable from 150 to 450 W (default 450 W), as a real GPU reports;
 * 1: energy counter updated every 100 ms, 150 +/- 50 W at 1.3 Hz;
 * 2: power only (energy NOT_SUPPORTED), 150 +/- 60 W at 0.3 Hz.
 
@@ -37,6 +38,9 @@ DEVICES = [
     ("Fake NVIDIA T4 power-only (test fake)", (150.0, 60.0, 0.3), 0.0, False),
 ]
 
+#: GPU 0's power limit (W): its default and maximum.
+GPU0_LIMIT_W = 450.0
+
 
 def main(argv: list) -> int:
     if len(argv) != 1:
@@ -48,6 +52,10 @@ def main(argv: list) -> int:
     t0 = time.monotonic_ns()
     for name, prof, update_ms, energy in DEVICES:
         i = fake.add_device(name=name, energy_mj=0 if energy else None, power_mw=0)
+        if i == 0:  # above the profile's peak: the limit in force never caps it
+            fake.set_limits(
+                i, GPU0_LIMIT_W, min_w=150.0, max_w=GPU0_LIMIT_W, default_w=GPU0_LIMIT_W
+            )
         fake.set_profile(i, *prof, update_ms=update_ms, t0_ns=t0)
         if not energy:
             fake.set_error(i, "energy", NOT_SUPPORTED)

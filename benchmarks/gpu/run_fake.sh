@@ -15,5 +15,8 @@ trap 'rm -rf "$TMP"' EXIT
 # shellcheck disable=SC1091
 . "$TMP/env.sh"
 export GREENML_NVML_LIBRARY FAKE_NVML_DIR
+# The fake's GPUs are different models: greenml's gpu:<i> follows CUDA's numbering, which by
+# default puts the fastest first; in PCI bus order every section finds the fake's GPU 0 as gpu:0.
+export CUDA_DEVICE_ORDER=PCI_BUS_ID
 # Only the fake GPUs: no RAPL or CPU model in greenml's sensors list noise.
 "$HERE/check.sh" --no-install "$@" "$OUTDIR"
