@@ -188,11 +188,9 @@ void register_sampler(py::module_& m) {
       .def("stop", &Sampler::stop, py::call_guard<py::gil_scoped_release>())
       .def("pause", &Sampler::pause, py::call_guard<py::gil_scoped_release>())
       .def("resume", &Sampler::resume, py::call_guard<py::gil_scoped_release>())
-      .def("touch", &Sampler::touch, py::arg("hold_ns"), py::arg("until_updated") = false,
-           "Full rate until now + hold_ns (wakes an idle thread, which samples at once). "
-           "until_updated=True (a window edge happened): the hold ends sooner, once every "
-           "counter channel has updated twice after the edge. Returns True when the thread was "
-           "idling (its newest sample may be up to idle_period_ns old).")
+      .def("touch", &Sampler::touch, py::arg("hold_ns"),
+           "A window edge happened: full rate until now + hold_ns (wakes an idle thread, which "
+           "samples at once).")
       .def("add_demand", &Sampler::add_demand, py::arg("delta"),
            "Adds delta to the full-rate demand count (full rate while it is positive).")
       .def_property(
@@ -239,9 +237,6 @@ void register_sampler(py::module_& m) {
           "which the others keep their last values and read times. Returns (index, t_ns): the "
           "sample's index and the cheap sources' read time, the edge's exact time.")
       .def_property_readonly("has_cheap_edge_sources", &Sampler::has_cheap_edge_sources)
-      .def_property_readonly("updated_through_ns", &Sampler::updated_through_ns,
-                             "Every counter channel has updated after any instant before this "
-                             "(monotonic ns; 0 = not known yet).")
       .def(
           "latest",
           [](const Sampler& s) -> py::object {

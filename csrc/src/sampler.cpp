@@ -382,9 +382,7 @@ std::uint64_t Sampler::edge_read(std::int64_t* t_out) {
 void Sampler::tick(bool push) {
   {
     std::lock_guard<std::mutex> lock(io_mutex_);
-    const std::int64_t read_start = monotonic_ns();
     sample(push, nullptr, nullptr);
-    if (push) end_hold_when_updated(read_start);
   }
   reads_.fetch_add(1, std::memory_order_relaxed);
   if (push) samples_.fetch_add(1, std::memory_order_relaxed);
@@ -443,68 +441,21 @@ void Sampler::add_demand(int delta) noexcept {
   if (before <= 0 && before + delta > 0 && idling_.load()) signal_thread();
 }
 
-bool Sampler::touch(std::int64_t hold_ns, bool until_updated) noexcept {
-  const std::int64_t t = monotonic_ns();
-  const std::int64_t until = t + std::max<std::int64_t>(hold_ns, 0);
-  std::atomic<std::int64_t>& target = until_updated ? edge_until_ns_ : full_rate_until_ns_;
-  if (until_updated) {
-    touch_ns_.store(t);
-    touch_seq_.fetch_add(1);
-  }
-  std::int64_t cur = target.load();
-  while (cur < until && !target.compare_exchange_weak(cur, until)) {
+void Sampler::touch(std::int64_t hold_ns) noexcept {
+  const std::int64_t until = monotonic_ns() + std::max<std::int64_t>(hold_ns, 0);
+  std::int64_t cur = full_rate_until_ns_.load();
+  while (cur < until && !full_rate_until_ns_.compare_exchange_weak(cur, until)) {
   }
   // Pairs with current_mode(): the thread publishes idling_ before it re-reads
-  // the hold ends, so either it sees this touch or this sees it idling. Only the
-  // first touch that finds it idling wakes it (and reports the idle spell).
-  if (!idling_.load() || !idling_.exchange(false)) return false;
-  {
-    std::lock_guard<std::mutex> lock(wake_mutex_);
-    sample_now_ = true;
-    ++generation_;
-  }
-  wake_cv_.notify_one();
-  return true;
-}
-
-
-void Sampler::end_hold_when_updated(std::int64_t read_start) {
-  const std::int64_t now = monotonic_ns();
-  const std::int64_t until = edge_until_ns_.load();
-  if (now >= until || idle_period_ns_ == 0) return;  // no hold running, or always full rate
-  const std::uint64_t seq = touch_seq_.load();
-  const std::size_t c = channels_.size();
-  if (seq != hold_seq_) {
-    // A new touch: the first tick read wholly after its edge is the baseline.
-    if (read_start < touch_ns_.load()) return;
-    hold_seq_ = seq;
-    hold_base_ns_ = read_start;
-    hold_base_.assign(cumulative_.begin(), cumulative_.end());
-    hold_moves_.assign(c, 0);
-    return;
-  }
-  bool any = false;
-  bool all = true;
-  for (std::size_t i = 0; i < c; ++i) {
-    if (channels_[i].kind != ChannelKind::counter || failing_[i]) continue;
-    if (cumulative_[i] != hold_base_[i]) {
-      hold_base_[i] = cumulative_[i];
-      if (hold_moves_[i] < hold_moves_needed) ++hold_moves_[i];
+  // full_rate_until_ns_, so either it sees this touch or this sees it idling.
+  if (idling_.load()) {
+    {
+      std::lock_guard<std::mutex> lock(wake_mutex_);
+      sample_now_ = true;
+      ++generation_;
     }
-    // Two updates after the edge: the first covers it, and the second pins when the first
-    // happened (both bracketed by full-rate samples, even when a read came late).
-    any = true;
-    all = all && hold_moves_[i] >= hold_moves_needed;
+    wake_cv_.notify_one();
   }
-  all = all && any;
-  // Every counter has updated after the edge. End the hold unless a newer touch
-  // raised it meanwhile (the exchange then fails and the newer hold runs).
-  if (!all) return;
-  std::int64_t through = updated_through_ns_.load();
-  while (through < hold_base_ns_ && !updated_through_ns_.compare_exchange_weak(through, hold_base_ns_)) {
-  }
-  std::int64_t expected = until;
-  if (all && touch_seq_.load() == seq) edge_until_ns_.compare_exchange_strong(expected, now);
 }
 
 Sampler::Mode Sampler::current_mode(std::int64_t now) noexcept {
@@ -512,12 +463,12 @@ Sampler::Mode Sampler::current_mode(std::int64_t now) noexcept {
     idling_.store(false);
     return Mode::paused;
   }
-  if (idle_period_ns_ == 0 || demand_.load() > 0 || now < hold_until_ns()) {
+  if (idle_period_ns_ == 0 || demand_.load() > 0 || now < full_rate_until_ns_.load()) {
     idling_.store(false);
     return Mode::full;
   }
   idling_.store(true);
-  if (monotonic_ns() < hold_until_ns()) {  // a touch raced with us
+  if (monotonic_ns() < full_rate_until_ns_.load()) {  // a touch raced with us
     idling_.store(false);
     return Mode::full;
   }

@@ -247,11 +247,9 @@ class Sampler:
         """
     def status(self) -> list[DomainStatus]: ...
     def stop(self) -> None: ...
-    def touch(
-        self, hold_ns: typing.SupportsInt | typing.SupportsIndex, until_updated: bool = False
-    ) -> bool:
+    def touch(self, hold_ns: typing.SupportsInt | typing.SupportsIndex) -> None:
         """
-        Full rate until now + hold_ns (wakes an idle thread, which samples at once). until_updated=True (a window edge happened): the hold ends sooner, once every counter channel has updated twice after the edge. Returns True when the thread was idling (its newest sample may be up to idle_period_ns old).
+        A window edge happened: full rate until now + hold_ns (wakes an idle thread, which samples at once).
         """
     @property
     def capacity(self) -> int: ...
@@ -262,11 +260,6 @@ class Sampler:
         """
     @property
     def has_cheap_edge_sources(self) -> bool: ...
-    @property
-    def updated_through_ns(self) -> int:
-        """
-        Every counter channel has updated after any instant before this (monotonic ns; 0 = not known yet).
-        """
     @property
     def history_capacity(self) -> int:
         """

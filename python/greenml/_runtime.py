@@ -226,6 +226,8 @@ class Runtime:
         self.settle_lag_ns = 3 * period + (250_000_000 if slow_counter else 25_000_000)
         #: Full rate is held this long after each edge, so the updates around it are seen.
         self.edge_hold_ns = self.settle_lag_ns + 2 * period
+        self._touch_due_ns = 0
+        self._lease_end_ns = 0
         self._events: List[ChannelEvent] = []
         self._events_next = 0
         self._events_lock = threading.Lock()
@@ -263,13 +265,18 @@ class Runtime:
         return self.sampler
 
     def edge(self, now_ns: int) -> bool:
-        """A window edge at ``now_ns``: full rate until every counter has updated after it (at
-        most ``edge_hold_ns``), so the update covering the edge is seen at full resolution.
+        """A window edge at ``now_ns``: keeps the sampler at full rate for ``edge_hold_ns``.
 
-        One call into the core (a few atomic operations). Returns True when the sampler was
-        idling (its newest sample may be old: callers that need an exact edge then take a
-        synchronous reading)."""
-        return bool(self.sampler.touch(self.edge_hold_ns, True))
+        Costs a comparison while a recent edge already holds full rate. Returns True when no
+        lease covered ``now_ns`` (the sampler may have been idle, so the newest sample may be
+        old: callers that need an exact edge then take a synchronous reading)."""
+        if now_ns < self._touch_due_ns:
+            return False
+        was_idle = now_ns >= self._lease_end_ns and self.sampler.idle_period_ns != 0
+        self.sampler.touch(self.edge_hold_ns)
+        self._lease_end_ns = now_ns + self.edge_hold_ns
+        self._touch_due_ns = now_ns + self.edge_hold_ns // 2
+        return was_idle
 
     def power_limits(self) -> Dict[str, Dict[str, Any]]:
         """Per domain, its power limits as read now (W: current, default, min, max, enforced;

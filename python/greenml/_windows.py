@@ -437,10 +437,7 @@ class PendingWindows:
             else:
                 latest = self._rt.sampler.latest()
                 newest = latest[1] if latest is not None else 0
-                # Ready: the counter updates covering the end have arrived (the sampler saw
-                # every counter move after it), or the end is older than any update lag.
-                through = self._rt.sampler.updated_through_ns
-                ready = (t1 < through) | (t1 < newest - self._resolver.settle_lag_ns())
+                ready = t1 < newest - self._resolver.settle_lag_ns()
                 take = n if ready.all() else int(np.argmin(ready))  # the ready prefix
                 take = max(take, n - self._max)  # bounded memory
             if take <= 0:

@@ -117,15 +117,10 @@ class Sampler {
   // Demand for full rate: while the count is positive the thread samples at
   // the user's period (power-only channels to integrate, traces).
   void add_demand(int delta) noexcept;
-  // Sample at full rate until now + hold_ns. With until_updated (a window edge
-  // just happened) the hold ends sooner, once every counter channel has updated
-  // twice after the edge (its value changed twice since the first sample read
-  // wholly after this touch): the update that covers the edge has then been
-  // seen, and when it happened is pinned by full-rate samples. When the
-  // thread is idling it wakes and takes a sample at once. Cheap (a few atomic
-  // operations) when already at full rate. Returns true when the thread was
-  // idling (its newest sample may be up to idle_period_ns old).
-  bool touch(std::int64_t hold_ns, bool until_updated = false) noexcept;
+  // A window edge just happened: sample at full rate until now + hold_ns. When
+  // the thread is idling it wakes and takes a sample at once. Cheap (one
+  // atomic store) when already at full rate.
+  void touch(std::int64_t hold_ns) noexcept;
 
   // Reads every source now and pushes the result into the ring (so it also
   // serves later readers). Returns the sample's ring index.
@@ -137,12 +132,6 @@ class Sampler {
   // the index is then the newest sample's).
   std::uint64_t edge_read(std::int64_t* t_out);
   [[nodiscard]] bool has_cheap_edge_sources() const noexcept { return has_cheap_; }
-  // Every counter channel has updated after any instant before this (monotonic
-  // ns; 0 = not known yet): set when an edge hold sees every counter move, so
-  // a window that ended earlier has its covering updates in the ring.
-  [[nodiscard]] std::int64_t updated_through_ns() const noexcept {
-    return updated_through_ns_.load();
-  }
 
   [[nodiscard]] const std::vector<ChannelInfo>& channels() const noexcept { return channels_; }
   [[nodiscard]] std::size_t source_count() const noexcept { return sources_.size(); }
@@ -179,9 +168,6 @@ class Sampler {
   [[nodiscard]] Mode current_mode(std::int64_t now) noexcept;
   [[nodiscard]] std::int64_t read_period(Mode mode) const noexcept;
   void tick(bool push);
-  // After a full-rate tick (io_mutex_ held): ends the current edge hold early
-  // once every counter channel has updated twice since the first tick after the touch.
-  void end_hold_when_updated(std::int64_t read_start);
   // Reads all sources (caller holds io_mutex_), then updates the unwrap and
   // integral state and pushes under state_mutex_. Returns the pushed index.
   std::uint64_t sample(bool push, std::int64_t* t_out, std::uint64_t* v_out,
@@ -243,21 +229,7 @@ class Sampler {
   bool sample_now_ = false;           // under wake_mutex_: touch() from idle
 
   std::atomic<std::int64_t> period_ns_;
-  std::atomic<std::int64_t> full_rate_until_ns_{0};  // touch() without until_updated
-  std::atomic<std::int64_t> edge_until_ns_{0};       // edge holds (may end early)
-  [[nodiscard]] std::int64_t hold_until_ns() const noexcept {
-    return std::max(full_rate_until_ns_.load(), edge_until_ns_.load());
-  }
-  std::atomic<std::uint64_t> touch_seq_{0};  // bumped by every touch()
-  std::atomic<std::int64_t> touch_ns_{0};    // when the latest touch() happened
-  // The edge hold being watched (under io_mutex_): the touch it follows, each
-  // counter's value at the first tick after it, and whether that value moved.
-  std::uint64_t hold_seq_ = 0;
-  std::vector<std::uint64_t> hold_base_;
-  std::vector<std::uint8_t> hold_moves_;  // updates seen since the baseline (capped)
-  static constexpr std::uint8_t hold_moves_needed = 2;
-  std::int64_t hold_base_ns_ = 0;  // when the baseline tick began reading
-  std::atomic<std::int64_t> updated_through_ns_{0};
+  std::atomic<std::int64_t> full_rate_until_ns_{0};
   std::atomic<int> demand_{0};
   std::atomic<bool> idling_{false};
   std::atomic<bool> paused_{false};
