@@ -96,8 +96,6 @@ SHIM_EXPORT nvmlReturn_t nvmlSystemGetCudaDriverVersion_v2(int* v) {
 PUT_UINT(nvmlDeviceGetIndex, d->index)
 PUT_UINT(nvmlDeviceGetMinorNumber, d->index)
 PUT_UINT(nvmlDeviceGetArchitecture, 9u) /* NVML_DEVICE_ARCH_HOPPER */
-PUT_UINT(nvmlDeviceGetPowerManagementLimit, 700000u)
-PUT_UINT(nvmlDeviceGetPowerManagementDefaultLimit, 700000u)
 PUT_UINT(nvmlDeviceGetPersistenceMode, 1u)
 PUT_UINT(nvmlDeviceGetComputeMode, 0u)
 PUT_UINT(nvmlDeviceGetCurrPcieLinkGeneration, 5u)

@@ -442,6 +442,8 @@ def main() -> int:
         pythons.clear()
     fake = FakeNvml(work, library=lib)
     fake.add_device(name="NVIDIA H100 80GB HBM3", energy_mj=0, power_mw=0)
+    # An H100 SXM's limits (the profile's 400 W peak stays under them: nothing is capped).
+    fake.set_limits(0, 700, min_w=200, max_w=700, default_w=700)
     cfg_path = work / "config.json"
     cfg_path.write_text(json.dumps(cfg))
     env = {k: v for k, v in os.environ.items()
