@@ -402,9 +402,14 @@ class Check:
         from greenml._config import Settings
 
         env = dict(os.environ)
+        from greenml._config import parse_cuda_device_order
+
         settings = Settings(nvml_library=self.lib, interval_ms=interval_ms,
                             sources=frozenset({"nvml"}),
-                            cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"), env=env)
+                            cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"),
+                            cuda_device_order=parse_cuda_device_order(
+                                os.environ.get("CUDA_DEVICE_ORDER", "")),
+                            env=env)
         return greenml.Runtime(settings)
 
     @property
@@ -838,7 +843,7 @@ class Check:
 
         nv = self.need_nvml()
         if self.fake:
-            # The fake machine has no limits: give the loaded GPU some, and a step that slows
+            # Give the loaded GPU the fake's limits (whatever it had), and a step that slows
             # under a lower limit, to run this section end to end (figures are the fake's).
             # The fake's GPUs are mixed models in PCI order: say which order CUDA would use.
             os.environ.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
