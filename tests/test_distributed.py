@@ -287,6 +287,44 @@ def test_given_a_stopped_meter_when_combining_ranks_then_every_rank_gets_the_sam
     assert own > 1.9 * after["energy_j"]  # each rank's own sees its whole host
 
 
+def test_given_a_block_that_raised_on_one_rank_then_the_ranks_stay_paired(torchrun_job):
+    _, (ranks, _, _) = torchrun_job
+    # The raising rank took part: every rank has the same job total of "flaky", marked ...
+    assert len({r["flaky"]["energy_j"] for r in ranks}) == 1
+    assert ranks[0]["flaky"]["distributed"]["raised_on_ranks"] == [1]
+    # ... and the next meter was combined with the next meter everywhere.
+    assert all(r["next_note"] is None for r in ranks)
+    assert len({r["next"]["energy_j"] for r in ranks}) == 1
+    assert ranks[0]["next"]["distributed"]["raised_on_ranks"] == []
+    assert ranks[0]["next"]["duration_s"] < 0.5
+
+
+def test_given_ranks_at_different_meters_when_combining_then_refused():
+    ranks = [_rank(0, "a", {"package:0": (1.0, "")}), _rank(1, "a", {"package:0": (1.0, "")})]
+    ranks[0].update(seq=3, meter_name="epoch")
+    ranks[1].update(seq=4, meter_name="epoch")
+    with pytest.raises(GreenmlError, match="did not reach the same meter"):
+        _distributed.check_aligned(ranks)
+    ranks[1]["seq"] = 3
+    _distributed.check_aligned(ranks)  # aligned: no error
+
+
+def test_given_two_machines_with_one_hostname_then_both_are_counted_apart():
+    ranks = [_rank(0, "trainer", {"package:0": (100.0, "")}),
+             _rank(1, "trainer", {"package:0": (50.0, "")})]
+    ranks[1]["host"] = "id-other-machine"
+    jw = _distributed.combine(ranks)
+    assert sorted(jw.by_domain.values()) == [50.0, 100.0]
+    assert len(jw.info["hosts"]) == 2 and sum(jw.info["by_host_j"].values()) == 150.0
+
+
+def test_given_an_unknown_reading_on_the_lowest_rank_then_a_known_one_counts():
+    ranks = [_rank(0, "a", {"package:0": (0.0, "")}), _rank(1, "a", {"package:0": (42.0, "")})]
+    ranks[0]["meter"]["domains"]["package:0"]["energy_j"] = None
+    jw = _distributed.combine(ranks)
+    assert jw.by_domain == {"a/package:0": 42.0}
+
+
 def test_given_gpus_all_when_every_rank_reports_every_gpu_then_each_gpu_still_counted_once(
     tmp_path,
 ):

@@ -212,6 +212,20 @@ def job_key(host_name: str, domain: str, uuid: str) -> str:
     return f"{host_name}/gpu:{uuid}" if uuid else f"{host_name}/{domain}"
 
 
+def host_labels(ranks: Sequence[Dict[str, Any]]) -> Dict[str, str]:
+    """Host identity -> the name shown in job keys: the host name, unless two machines share
+    it (containers started with one fixed --hostname), then ``name#<identity prefix>``."""
+    names: Dict[str, set] = {}
+    for r in ranks:
+        names.setdefault(r["host_name"], set()).add(r["host"])
+    return {
+        r["host"]: f"{r['host_name']}#{r['host'][:8]}"
+        if len(names[r["host_name"]]) > 1
+        else r["host_name"]
+        for r in ranks
+    }
+
+
 @dataclass
 class JobWindow:
     """One window combined over the job: job-level domain keys (see :func:`job_key`)."""
@@ -240,7 +254,15 @@ def combine(ranks: Sequence[Dict[str, Any]], window: Optional[str] = None) -> Op
     if not entries:
         return None
     entries.sort(key=lambda e: e[0])
+    labels = host_labels(ranks)
+    # Each piece of hardware is counted by the lowest rank with a known (finite) reading of it,
+    # else by the lowest rank that reported it.
     owner: Dict[Tuple[str, str], int] = {}
+    for rank, r, w in entries:
+        for d, v in w["domains"].items():
+            k = _key(r["host"], d, v["uuid"])
+            if k not in owner or (owner[k] < 0 and v["energy_j"] is not None):
+                owner[k] = rank if v["energy_j"] is not None else -1 - rank
     by_domain: Dict[str, float] = {}
     unc: Dict[str, float] = {}
     in_total: Dict[str, bool] = {}
@@ -248,22 +270,23 @@ def combine(ranks: Sequence[Dict[str, Any]], window: Optional[str] = None) -> Op
     by_rank: Dict[str, Dict[str, Any]] = {}
     by_host: Dict[str, float] = {}
     gpus: Dict[str, Dict[str, Any]] = {}
+    seen: Dict[str, List[int]] = {}  # GPU UUID -> every rank that reported it
     partial: Dict[str, List[Dict[str, Any]]] = {}
     naive = 0.0
     for rank, r, w in entries:
         counted = 0.0
         reported = 0.0
+        host = labels[r["host"]]
         for d, v in w["domains"].items():
             e = v["energy_j"]
             k = _key(r["host"], d, v["uuid"])
             if v["in_total"] and e is not None:
                 reported += e
-            if k in owner:
-                if v["uuid"] and rank not in gpus[v["uuid"]]["ranks"]:
-                    gpus[v["uuid"]]["ranks"].append(rank)
+            if v["uuid"]:
+                seen.setdefault(v["uuid"], []).append(rank)
+            if owner[k] not in (rank, -1 - rank):
                 continue
-            owner[k] = rank
-            jk = job_key(r["host_name"], d, v["uuid"])
+            jk = job_key(host, d, v["uuid"])
             by_domain[jk] = math.nan if e is None else e
             unc[jk] = math.nan if v["uncertainty_j"] is None else v["uncertainty_j"]
             in_total[jk] = v["in_total"]
@@ -271,23 +294,19 @@ def combine(ranks: Sequence[Dict[str, Any]], window: Optional[str] = None) -> Op
             if d in w.get("partial", {}):
                 partial[jk] = w["partial"][d]
             if v["uuid"]:
-                gpus[v["uuid"]] = {
-                    "host": r["host_name"],
-                    "rank": rank,
-                    "ranks": [rank],
-                    "domain": d,
-                    "energy_j": e,
-                }
+                gpus[v["uuid"]] = {"host": host, "rank": rank, "domain": d, "energy_j": e}
             if v["in_total"] and e is not None:
                 counted += e
-                by_host[r["host_name"]] = by_host.get(r["host_name"], 0.0) + e
+                by_host[host] = by_host.get(host, 0.0) + e
         naive += reported
         by_rank[str(rank)] = {
-            "host": r["host_name"],
+            "host": host,
             "energy_j": w["energy_j"],
             "counted_j": counted,
             "duration_s": w["duration_s"],
         }
+    for uuid, g in gpus.items():
+        g["ranks"] = seen[uuid]
     starts = [w["t_start_unix"] for _, _, w in entries if w["t_start_unix"] is not None]
     ends = [
         w["t_start_unix"] + w["duration_s"] for _, _, w in entries if w["t_start_unix"] is not None
@@ -300,10 +319,12 @@ def combine(ranks: Sequence[Dict[str, Any]], window: Optional[str] = None) -> Op
     info = {
         "world_size": world,
         "ranks_reporting": len(entries),
-        "hosts": sorted({r["host_name"] for _, r, _ in entries}),
+        "hosts": sorted({labels[r["host"]] for _, r, _ in entries}),
         "by_host_j": by_host,
         "by_rank": by_rank,
         "gpus": gpus,
+        # Ranks whose measured block raised (their measurement up to the raise is counted).
+        "raised_on_ranks": [rank for rank, r, _ in entries if r.get("raised")],
         # What summing every rank's own total would give: the double count avoided here.
         "sum_of_rank_totals_j": naive,
     }
@@ -321,6 +342,32 @@ def combine(ranks: Sequence[Dict[str, Any]], window: Optional[str] = None) -> Op
 
 
 # -- the exchange -------------------------------------------------------------------------------
+
+_seq_lock = threading.Lock()
+_seq = [0]
+
+
+def next_seq() -> int:
+    """The number of this process's next distributed combination (one per distributed meter
+    end, even one skipped because its block raised): ranks that pair up compare it, so a rank
+    that skipped one is never combined with another rank's different meter."""
+    with _seq_lock:
+        _seq[0] += 1
+        return _seq[0]
+
+
+def check_aligned(ranks: Sequence[Dict[str, Any]]) -> None:
+    """Raises GreenmlError unless every rank reported the same meter (name and sequence)."""
+    marks = {(r.get("seq"), r.get("meter_name")) for r in ranks}
+    if len(marks) > 1:
+        seen = ", ".join(
+            f"rank {r.get('rank')}: {r.get('meter_name')!r} #{r.get('seq')}" for r in ranks
+        )
+        raise GreenmlError(
+            "the ranks did not reach the same meter (" + seen + "): a rank's measured block "
+            "raised, or the ranks ran different meters; not combined"
+        )
+
 
 _groups: Dict[Tuple[int, int], Any] = {}
 _groups_lock = threading.Lock()

@@ -549,14 +549,11 @@ class Meter:
     def _combine_ranks(self) -> None:
         """At the end of a distributed meter. Never raises: when the ranks cannot be combined
         the reason is kept, warned about, and the results stay this rank's own."""
-        if self._block_raised:
-            self._job_note = (
-                "not combined over the ranks: the measured block raised on this rank (the "
-                "other ranks would wait for it); the results are this rank's own"
-            )
-            return
+        # Every rank takes part, also one whose block raised (its measurement up to the raise
+        # is complete): the ranks' exchanges must pair one for one, or later meters would be
+        # combined with other meters (the sequence number checks that they do).
         try:
-            self.combine_ranks()
+            self._exchange(_distributed.next_seq(), None, None, None)
         except Exception as exc:  # noqa: BLE001 - the user's job must go on
             self._job_note = f"not combined over the ranks ({exc}); the results are this rank's own"
             warnings.warn(
@@ -572,9 +569,14 @@ class Meter:
         once (by host identity); afterwards :meth:`result` and :attr:`phases` are the job's,
         and :meth:`local_result` / :attr:`local_phases` this rank's. ``gpus``: ``"local"``
         (the GPU this rank uses; default) or ``"all"``. Raises :class:`GreenmlError` without a
-        process group."""
+        process group, or when the ranks did not all reach this point with the same meter."""
         if self.running:
             raise GreenmlError("combine_ranks() needs a stopped meter: call it after the block")
+        return self._exchange(_distributed.next_seq(), group, gpus, timeout_s)
+
+    def _exchange(
+        self, seq: int, group: Any, gpus: Optional[str], timeout_s: Optional[float]
+    ) -> Measurement:
         gpus = self._gpus if gpus is None else gpus
         rt = self._rt
         env = rt.settings.env if rt.settings.env is not None else os.environ
@@ -584,6 +586,9 @@ class Meter:
         )
         uuids = {c.domain: c.uuid for c in rt.channels}
         payload = {
+            "raised": self._block_raised,
+            "seq": seq,
+            "meter_name": self.name,
             "run_id": self._run_id,
             "rank": me.rank,
             "world_size": me.world_size,
@@ -595,11 +600,13 @@ class Meter:
                 for n, p in self.local_phases.items()
             },
         }
-        self._job_ranks = _distributed.exchange(
+        ranks = _distributed.exchange(
             payload,
             self._group if group is None else group,
             self._dist_timeout_s if timeout_s is None else timeout_s,
         )
+        _distributed.check_aligned(ranks)
+        self._job_ranks = ranks
         self._job_cache = {}
         self._job_note = None
         return self.result()

@@ -228,6 +228,7 @@ class Runtime:
         self.edge_hold_ns = self.settle_lag_ns + 2 * period
         self._touch_due_ns = 0
         self._lease_end_ns = 0
+        self._created_pid = os.getpid()
         self._events: List[ChannelEvent] = []
         self._events_next = 0
         self._events_lock = threading.Lock()
@@ -285,7 +286,10 @@ class Runtime:
         try:
             from .powercap import limits
 
+            # In a forked child the runtime's NVML handles are the parent's: open NVML afresh.
             nvml = next((s for s in self.sources if s.name == "nvml"), None)
+            if os.getpid() != self._created_pid:
+                nvml = None
             found = limits(settings=self.settings, nvml_source=nvml)
         except Exception:  # a limit that cannot be read is simply not reported
             return {}

@@ -30,12 +30,27 @@ with greenml.meter("job", distributed=True, gpus=gpus, log=os.environ["GM_LOG"])
     with m.phase("train"):
         time.sleep(0.5 + 0.1 * rank)  # ranks end at different times
     time.sleep(0.2)
+# A block that raises on one rank only: that rank still takes part, so the ranks stay paired
+# and the next meter is combined with the same meter everywhere.
+try:
+    with greenml.meter("flaky", distributed=True, gpus=gpus) as m_flaky:
+        time.sleep(0.1)
+        if rank == 1:
+            raise RuntimeError("a caught failure on rank 1")
+except RuntimeError:
+    pass
+with greenml.meter("next", distributed=True, gpus=gpus) as m_next:
+    time.sleep(0.1)
+
 # The helper for a meter that was not distributed: a collective call after the block.
 with greenml.meter("after") as m2:
     time.sleep(0.2)
 after = m2.combine_ranks(gpus="all")
 w = m._window
 out = {
+    "flaky": m_flaky.result().to_dict(),
+    "next": m_next.result().to_dict(),
+    "next_note": m_next.distributed_note,
     "after": after.to_dict(),
     "after_local": m2.local_result().to_dict(),
     "rank": rank,
