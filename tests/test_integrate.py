@@ -514,3 +514,25 @@ def test_bad_windows_are_rejected_with_value_errors() -> None:
         window_energy(trace, 0.5, 1.5)  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="begins at or before the window"):
         window_energy(Trace.power([ms(0), ms(10)], [1.0, 1.0]), ms(-1), ms(5))
+
+
+@pytest.mark.parametrize("hint_ns", [None, 2_000_000])
+def test_given_random_counter_traces_when_asking_settled_through_then_it_agrees_with_the_curve(
+    hint_ns,
+):
+    # The meter waits on settled_through_ns before building curves: it must say exactly what
+    # the curve's ``settled`` says, or a result would wait (or return) at the wrong time.
+    from greenml._integrate import settled_through_ns
+
+    rng = np.random.default_rng(7)
+    for _ in range(200):
+        n = int(rng.integers(2, 40))
+        t = np.cumsum(rng.integers(100_000, 20_000_000, n)).astype(np.int64)
+        steps = np.where(rng.random(n) < 0.5, 0.0, rng.random(n))
+        v = np.cumsum(steps)
+        curve = prepare(Trace.counter(t, v, max_update_interval_ns=hint_ns))
+        through = settled_through_ns(t, v, hint_ns)
+        ends = np.concatenate((t, t + 1, t - 1, [t[0] + (t[-1] - t[0]) // 2]))
+        ends = np.clip(ends, t[0] + 1, None)
+        got = curve.window_arrays(np.full(ends.size, t[0]), ends).settled
+        assert np.array_equal(got, ends <= through), (t, v, through)

@@ -281,6 +281,24 @@ def _knot_indices(cum_j: np.ndarray) -> np.ndarray:
     return np.flatnonzero(np.diff(cum_j) > 0) + 1
 
 
+def settled_through_ns(
+    t_ns: np.ndarray, cum_j: np.ndarray, max_update_interval_ns: float | None = None
+) -> float:
+    """The latest window end a counter trace has settled (ns): the earliest instant its last
+    observed update can have happened (after the sample before it, and at most one update
+    interval before the sample that saw it). A window ending at or before this has seen the
+    update that covers its end; -inf when the trace shows no update. The same rule as
+    :class:`CounterCurve`'s ``settled``, without building the curve."""
+    knots = _knot_indices(np.asarray(cum_j, dtype=np.float64))
+    if knots.size == 0:
+        return -np.inf
+    k = int(knots[-1])
+    lo = float(t_ns[k - 1])
+    if max_update_interval_ns is not None:
+        lo = max(lo, float(t_ns[k]) - float(max_update_interval_ns))
+    return lo
+
+
 def estimate_update_period_ns(
     t_ns: Sequence[int] | np.ndarray, cum_j: Sequence[float] | np.ndarray
 ) -> float | None:

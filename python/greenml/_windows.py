@@ -292,12 +292,43 @@ class WindowResolver:
         deadline = time.monotonic_ns() + _MAX_SETTLE_WAIT_NS
         while True:
             samples = self._samples_for(idx0, idx1, start_rows, sampler.head, t0, t1)
+            if settle and not self._counters_settled(t_end, samples):
+                # No need to integrate yet: some counter has not updated after the end.
+                if time.monotonic_ns() < deadline:
+                    time.sleep(max(sampler.period_ns, 1_000_000) / 1e9)
+                    if not self.rt.is_running():
+                        sampler.read_now()
+                    continue
             res = self._integrate(t0, t1, samples)
             if not settle or res.settled.all() or time.monotonic_ns() >= deadline:
                 return res
             time.sleep(max(sampler.period_ns, 1_000_000) / 1e9)
             if not self.rt.is_running():
                 sampler.read_now()
+
+    def _channel(self, s: _Samples, i: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Channel ``i``'s own readings in ``s``: (times, cumulative energies, which rows).
+        Edge samples read only the cheap sources: the others repeat their last reading."""
+        t_ch = s.channel_t_ns[:, i]
+        fresh = np.ones(t_ch.size, dtype=bool)
+        fresh[1:] = t_ch[1:] > t_ch[:-1]
+        return t_ch[fresh], s.energy_j[fresh, i], fresh
+
+    def _counters_settled(self, t_end: int, s: _Samples) -> bool:
+        """Whether every counter channel may have settled a window ending at ``t_end`` (the
+        rule of the counter curve's ``settled``, without building curves)."""
+        if s.t_ns.size < 2 or (s.t_ns[-1] - max(t_end, s.t_ns[0])) > SETTLE_HORIZON_NS:
+            return True
+        for i, ch in enumerate(self.channels):
+            if ch.kind != "counter":
+                continue
+            t_ch, e_ch, _ = self._channel(s, i)
+            through = _integrate.settled_through_ns(
+                t_ch, np.maximum.accumulate(e_ch), self._max_update[i]
+            )
+            if t_end > through:
+                return False
+        return True
 
     def _integrate(self, t0: np.ndarray, t1: np.ndarray, s: _Samples) -> Resolved:
         n, c = t0.size, len(self.channels)
@@ -316,12 +347,7 @@ class WindowResolver:
         # about to: every real counter updates within ~100 ms, so the window is final.
         aged = (s.t_ns[-1] - np.maximum(t1, s.t_ns[0])) > SETTLE_HORIZON_NS
         for i, ch in enumerate(self.channels):
-            t_ch = s.channel_t_ns[:, i]
-            # Edge samples read only the cheap sources: the others repeat their last reading.
-            fresh = np.ones(t_ch.size, dtype=bool)
-            fresh[1:] = t_ch[1:] > t_ch[:-1]
-            t_ch = t_ch[fresh]
-            e_ch = s.energy_j[fresh, i]
+            t_ch, e_ch, fresh = self._channel(s, i)
             t0c = np.maximum(t0, t_ch[0])
             t1c = np.maximum(t1, t0c)
             if t_ch.size < 2:
