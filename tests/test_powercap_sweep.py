@@ -157,3 +157,61 @@ def test_given_the_fake_capped_by_a_limit_then_its_counter_integrates_the_capped
     power_w = (e1 - e0) * 1e-3 / ((t1 - t0) * 1e-9)
     assert power_w == pytest.approx(150.0, rel=0.05)
     assert math.isclose(gpu.fake.limit_w(0), 300.0)
+
+
+def test_given_a_reference_with_zero_energy_when_choosing_then_no_division_error(gpu):
+    points = [pc.LimitPoint(w, 10, 0.0, 0.0, 0.0, gpu.time_s(w), 0.001, 0.0) for w in (300, 200)]
+
+    choice = pc.choose(points, max_slowdown=None)
+
+    assert choice.limit_w == 300.0 and choice.reference_w == 300.0
+    assert math.isnan(choice.saving) and math.isnan(choice.saving_se)
+    assert choice.slowdown == 0.0
+
+
+TUNE = dict(device="gpu:0", limits=[300, 200], max_slowdown=None, steps_per_limit=2,
+            warmup_steps=0)
+
+
+def test_given_measurements_of_zero_energy_when_tuning_then_step_never_raises(gpu, monkeypatch):
+    from greenml.powercap._sweep import Cycle
+
+    real = Cycle.points
+    monkeypatch.setattr(Cycle, "points", lambda self: [
+        pc.LimitPoint(p.limit_w, p.steps, 0.0, 0.0, 0.0, p.time_s, p.time_se_s, 0.0)
+        for p in real(self)])
+
+    with pc.Tuner(runtime=gpu.runtime, **TUNE) as tuner:
+        for _ in range(6):
+            gpu.step()
+            tuner.step()
+        assert tuner.state == "applied" and tuner.chosen_w == 300.0
+        assert math.isnan(tuner.expected_saving)
+
+    assert gpu.fake.limit_w(0) == 300.0 and not gpu.state.exists()
+
+
+@pytest.mark.parametrize("where", ["measuring", "choosing"])
+def test_given_the_tuners_bookkeeping_failing_then_it_stops_restored_and_training_goes_on(
+    gpu, monkeypatch, where
+):
+    from greenml.powercap import _tuner
+    from greenml.powercap._sweep import Cycle
+
+    if where == "measuring":
+        monkeypatch.setattr(Cycle, "_begin_measuring", lambda self: 1 / 0)
+    else:  # nothing measured: no limit to choose from
+        monkeypatch.setattr(Cycle, "points", lambda self: [])
+    tuner = _tuner.Tuner(runtime=gpu.runtime, **TUNE)
+
+    with pytest.warns(RuntimeWarning, match="tuner stopped") as caught:
+        for _ in range(8):
+            gpu.step()
+            tuner.step()
+
+    assert len([w for w in caught if "tuner stopped" in str(w.message)]) == 1
+    assert tuner.state == "closed" and tuner.chosen_w is None
+    assert ("ZeroDivisionError" if where == "measuring" else "PowercapError") in tuner.error
+    assert tuner.report()["error"] == tuner.error
+    assert gpu.fake.limit_w(0) == 300.0 and not gpu.state.exists()
+    tuner.close()  # idempotent

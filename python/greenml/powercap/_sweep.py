@@ -104,9 +104,16 @@ class Choice:
 
 
 def _ratio(a: float, a_se: float, b: float, b_se: float) -> tuple:
-    """a / b - 1 with its first-order standard error."""
+    """a / b - 1 with its first-order standard error; NaN (unknown) when b is not positive."""
+    if not b > 0:
+        return math.nan, math.nan
     r = a / b
     return r - 1.0, r * math.sqrt((a_se / a) ** 2 + (b_se / b) ** 2) if a > 0 else math.nan
+
+
+def _fraction(a: float, b: float) -> float:
+    """a / b, NaN when b is not positive."""
+    return a / b if b > 0 else math.nan
 
 
 def choose(
@@ -225,8 +232,8 @@ class SweepResult:
                     "time_se_s": p.time_se_s,
                     "power_w": p.power_w,
                     "device_energy_j": p.device_energy_j,
-                    "energy_saving": 1.0 - p.energy_j / ref.energy_j,
-                    "slowdown": p.time_s / ref.time_s - 1.0,
+                    "energy_saving": 1.0 - _fraction(p.energy_j, ref.energy_j),
+                    "slowdown": _fraction(p.time_s, ref.time_s) - 1.0,
                     "pareto": p.limit_w in front,
                 }
             )
@@ -398,8 +405,10 @@ class Cycle:
         if self.done:
             return
         self.guard.set(self.limit.domain, self.limits[self._k])
-        if self.settle_s > 0:
+        if self.settle_s > 0 and not self.done:
             self._sleep(self.settle_s)
+        if self.done:  # aborted meanwhile (a signal restored the limit)
+            return
         self._left = self.warmup_steps
         if self._left == 0:
             self._begin_measuring()

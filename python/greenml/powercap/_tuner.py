@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import logging
 import math
+import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
 from .._errors import GreenmlError
-from ._limits import limit_of
+from ._limits import PowercapError, limit_of
 from ._safety import LimitGuard
 from ._sweep import Choice, Cycle, LimitPoint, Limits, choose, resolve_limits
+
+
+def _warn(message: str) -> None:
+    """A RuntimeWarning that never raises into the training loop, even when warnings are
+    errors (it then goes to the ``greenml`` logger)."""
+    try:
+        warnings.warn(message, RuntimeWarning, stacklevel=4)
+    except Exception:  # noqa: BLE001
+        logging.getLogger("greenml").warning("%s", message)
 
 
 class Saving(float):
@@ -82,27 +93,63 @@ class Tuner:
         self._choice: Optional[Choice] = None
         self._points: List[LimitPoint] = []
         self.steps = 0
+        #: Why tuning stopped early (a failure of its bookkeeping), or None.
+        self.error: Optional[str] = None
 
     # -- the training loop's side ------------------------------------------------------------
 
     def step(self) -> None:
-        """Call after each training step."""
+        """Call after each training step.
+
+        Raises only the PowercapError family (NoPrivilege, LimitOutOfRange, ...), when a limit
+        cannot be changed or restored. Any other failure of the tuning (a measurement, the
+        choice) stops it instead: the original limit is restored, a RuntimeWarning says why,
+        ``error`` keeps the reason, ``state`` is ``"closed"``, and training goes on."""
         self.steps += 1
         if self.state == "applied" or self.state == "closed":
             return
+        try:
+            self._advance()
+        except PowercapError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - bookkeeping must not stop the training loop
+            self._give_up(exc)
+
+    def _advance(self) -> None:
         if self.state == "ready":
             self.state = "tuning"
             self._cycle.start()
             return
         self._cycle.step()
-        if self._cycle.done:
+        if self._cycle.done and self.state == "tuning":  # not when a signal stopped it
             self._decide()
 
     def _decide(self) -> None:
         self._points = self._cycle.points()
-        self._choice = choose(self._points, self.max_slowdown, self.cost, self.limit.max_w)
-        self._guard.set(self.device, self._choice.limit_w)
-        self.state = "applied"
+        try:
+            choice = choose(self._points, self.max_slowdown, self.cost, self.limit.max_w)
+        except PowercapError as exc:  # nothing measured: no choice, not a limit change
+            self._give_up(exc)
+            return
+        self._choice = choice
+        self._guard.set(self.device, choice.limit_w)
+        if not self._guard.closed:  # a signal may have restored it as the set returned
+            self.state = "applied"
+
+    def _give_up(self, exc: BaseException) -> None:
+        self.error = f"{type(exc).__name__}: {exc}"
+        self.state = "closed"
+        try:
+            try:
+                self._cycle.abort()
+            except Exception:  # noqa: BLE001 - the limit is restored below all the same
+                pass
+            self._guard.restore()  # a limit that cannot be restored: PowercapError
+        finally:
+            _warn(
+                f"greenml's power-limit tuner stopped ({self.error}); the original limit of "
+                f"{self.device} is restored and training goes on under it"
+            )
 
     def _stopped_by_restore(self) -> None:
         # A signal or interpreter exit restored the limit: nothing is applied any more.
@@ -155,6 +202,7 @@ class Tuner:
             {
                 "device": self.device,
                 "state": self.state,
+                "error": self.error,
                 "steps": self.steps,
                 "limits_w": self.limits,
                 "original_w": self.limit.current_w,
