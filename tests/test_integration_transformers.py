@@ -467,6 +467,33 @@ def test_given_tuner_options_without_privileges_when_training_then_warned_once_l
     assert not (tmp_path / "powercap-state.json").exists()
 
 
+@short_windows
+@pytest.mark.parametrize("kind", KINDS)
+def test_given_a_failed_tuned_run_when_training_again_then_its_cap_is_lifted_and_tuning_restarts(
+    kind, tmp_path, gpu_with_limits
+):
+    gpu, rt = gpu_with_limits
+    run = make_run(kind, tmp_path, max_steps=8, fail_at_step=4)
+    cb = ghf.attach(run, runtime=rt, powercap=TUNER)
+    with pytest.raises(RuntimeError, match="failed"):
+        run.train()  # no close(): the Trainer has no exception hook
+    failed = cb.powercap
+    assert failed.state == "tuning" and gpu.limit_w(0) == 200  # failed under the second limit
+
+    # the same trainer and callback train again, on data that does not fail
+    if kind == "hand":
+        run.fail_at_step, run.state.global_step = -1, 0
+    else:
+        run.train_dataset = Tokens(4 * 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", IntegrationWarning)
+        run.train()
+
+    assert failed.state == "closed" and cb.powercap is not failed
+    assert cb.errors == [] and cb.powercap.state == "closed" and cb.powercap.steps == 8
+    assert gpu.limit_w(0) == 300 and not (tmp_path / "powercap-state.json").exists()
+
+
 def test_given_no_transformers_installed_then_the_error_says_what_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "transformers", None)
     monkeypatch.delitem(sys.modules, "greenml.integrations.huggingface")

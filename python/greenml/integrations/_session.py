@@ -242,10 +242,16 @@ class _Session:
     def open_powercap(self) -> None:
         """At a training run's start: opens the power capper; with ``powercap=True`` or options,
         a new :class:`greenml.powercap.Tuner` (measured by the callback's runtime unless the
-        options name one). A tuner this process may not use is warned about and left out."""
+        options name one). A tuner this process may not use is warned about and left out.
+
+        A tuner the last run left open (a run that failed: the Trainer has no exception hook)
+        is closed first, so its limit is restored and its state file does not block the new
+        tuner."""
         self._powercap_logged = False
         if self.tuner_options is not None:
             from greenml import powercap as pc
+
+            self.call("powercap.close", self.close_powercap)
 
             options = dict(self.tuner_options)
             if "runtime" in self.meter_options:
