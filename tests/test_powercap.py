@@ -326,3 +326,140 @@ def test_given_sigkill_then_greenml_powercap_restore_restores_from_the_state_fil
     assert "restored gpu:0 to 300 W" in restored.stdout
     assert "restored package:0 to 125 W" in restored.stdout
     _assert_restored(machine)
+
+
+# ---------------------------------------------------------------------------------- signals
+
+
+@pytest.fixture
+def own_signal_handlers():
+    """Puts back this process's SIGINT/SIGTERM handlers after a test that replaces them."""
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for s, h in saved.items():
+        signal.signal(s, h)
+
+
+def test_given_a_graceful_handler_when_sigterm_lands_inside_set_then_limits_are_restored(
+    machine, monkeypatch, own_signal_handlers
+):
+    from greenml.powercap import _safety
+
+    seen = []
+
+    def graceful(signum, frame):  # only a flag: the training loop stops when it next looks
+        seen.append(signum)
+
+    signal.signal(signal.SIGTERM, graceful)
+    real = _safety.set_gpu_limit_by_uuid
+
+    def signal_then_write(settings, uuid, watts):
+        if watts == 150:
+            signal.raise_signal(signal.SIGTERM)  # its handler runs here, before the write
+        real(settings, uuid, watts)
+
+    monkeypatch.setattr(_safety, "set_gpu_limit_by_uuid", signal_then_write)
+    guard = pc.LimitGuard()
+    guard.set("gpu:0", 250)
+
+    guard.set("gpu:0", 150)
+
+    # Handled as if it came right after the set: restored, closed, the previous handler ran.
+    assert seen == [signal.SIGTERM]
+    assert guard.closed
+    assert machine["gpu"].limit_w(0) == 300
+    assert [w for _, w in machine["gpu"].limit_history(0)][-2:] == [150, 300]
+    assert not machine["state"].exists()
+    assert signal.getsignal(signal.SIGTERM) is graceful  # put back with the last guard closed
+
+
+CHILD_TWO_GUARDS = textwrap.dedent(
+    """
+    import os, signal, sys
+    import greenml.powercap as pc
+    d = sys.argv[1]
+    a = pc.LimitGuard(state_path=os.path.join(d, "a.json"))
+    b = pc.LimitGuard(state_path=os.path.join(d, "b.json"))
+    a.set("gpu:0", 200)
+    b.set("package:0", 100)
+    a.restore()  # out of order
+    b.restore()
+    print("put back", signal.getsignal(signal.SIGINT) is signal.default_int_handler,
+          signal.getsignal(signal.SIGTERM) == signal.SIG_DFL, flush=True)
+    a = pc.LimitGuard(state_path=os.path.join(d, "a2.json"))
+    b = pc.LimitGuard(state_path=os.path.join(d, "b2.json"))
+    a.set("gpu:0", 200)
+    b.set("package:0", 100)
+    a.restore()
+    try:
+        signal.raise_signal(signal.SIGINT)
+        print("no KeyboardInterrupt", flush=True)
+    except KeyboardInterrupt:
+        print("KeyboardInterrupt", b.closed, flush=True)
+    """
+)
+
+
+def test_given_two_guards_closed_out_of_order_then_handlers_are_put_back_and_ctrl_c_raises(
+    machine, tmp_path
+):
+    proc = subprocess.run([sys.executable, "-c", CHILD_TWO_GUARDS, str(tmp_path)],
+                          env={**os.environ, **machine["env"]}, capture_output=True, text=True,
+                          timeout=60)
+
+    assert proc.returncode == 0, (proc.returncode, proc.stdout, proc.stderr)
+    assert proc.stdout.splitlines() == ["put back True True", "KeyboardInterrupt True"]
+    assert machine["gpu"].limit_w(0) == 300
+    assert machine["rapl"].limit_uw("package:0") == 125_000_000
+    assert not list(tmp_path.glob("*.json"))
+
+
+# ---------------------------------------------------------------------------------- other hosts
+
+
+def _state_file(machine, host: str, boot_id: str, pid: int) -> None:
+    rapl = pc.limit_of("package:0")
+    machine["state"].parent.mkdir(parents=True, exist_ok=True)
+    machine["state"].write_text(json.dumps({
+        "version": 1, "pid": pid, "host": host, "boot_id": boot_id, "created_unix": 1.7e9,
+        "limits": [{"domain": "package:0", "source": "rapl", "path": os.path.abspath(rapl.path),
+                    "original_w": 150.0}],
+    }))
+
+
+def test_given_a_state_file_from_another_host_when_restoring_then_refused_unless_forced(
+    machine,
+):
+    _state_file(machine, "other-node", "its-boot", 999_999)
+
+    with pytest.raises(pc.PowercapError, match=r"written on host other-node.*--force") as info:
+        pc.restore()
+
+    assert "on other-node" in str(info.value)
+    assert machine["rapl"].limit_uw("package:0") == 125_000_000  # not that node's value
+    assert machine["state"].exists()
+    assert [e["domain"] for e in pc.restore(force=True)] == ["package:0"]
+    assert machine["rapl"].limit_uw("package:0") == 150_000_000
+    assert not machine["state"].exists()
+
+
+def test_given_a_state_file_from_before_a_reboot_when_restoring_then_removed_saying_why(
+    machine, monkeypatch
+):
+    import socket
+
+    from greenml.powercap import _safety
+
+    monkeypatch.setattr(_safety, "_boot_id", lambda: "this-boot", raising=False)
+    # Its writer's pid now belongs to a live process of this boot.
+    _state_file(machine, socket.gethostname(), "an-earlier-boot", os.getppid())
+
+    with pytest.warns(RuntimeWarning, match="before this host's last reboot"):
+        assert pc.restore() == []
+
+    assert not machine["state"].exists()
+    assert machine["rapl"].limit_uw("package:0") == 125_000_000  # nothing written
+    with pc.LimitGuard() as guard:  # a guard records where and in which boot it saved
+        guard.set("package:0", 100)
+        state = json.loads(machine["state"].read_text())
+        assert (state["host"], state["boot_id"]) == (socket.gethostname(), "this-boot")

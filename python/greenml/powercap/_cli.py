@@ -7,6 +7,7 @@ import json
 import shlex
 import subprocess
 import sys
+import warnings
 from typing import Any, List, Optional, Sequence
 
 from ._limits import PowercapError, PowerLimit
@@ -70,7 +71,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     s.add_argument("--state", metavar="FILE", help="state file (default: see docs)")
     s.add_argument(
-        "--force", action="store_true", help="even if the process that set them still runs"
+        "--force",
+        action="store_true",
+        help="even if the process that set them still runs, or the file was written on another "
+        "host or before this host's last reboot",
     )
 
 
@@ -162,7 +166,13 @@ def _restore(args: argparse.Namespace) -> int:
     from ._safety import default_state_path, restore_from_state
 
     path = args.state or default_state_path()
-    done = restore_from_state(path, force=args.force)
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always", RuntimeWarning)
+        done = restore_from_state(path, force=args.force)
+    for w in said:  # a stale file (written before a reboot): removed, nothing written
+        print(f"greenml powercap: {w.message}", file=sys.stderr)
+    if said and not done:
+        return 0
     if not done:
         print(f"nothing to restore: no state file at {path}")
         return 0

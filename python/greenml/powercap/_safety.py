@@ -4,14 +4,17 @@ by ``greenml powercap restore`` (which reads the state file).
 
 The state file is JSON::
 
-    {"version": 1, "pid": 1234, "host": "node7", "created_unix": 1.7e9,
+    {"version": 1, "pid": 1234, "host": "node7", "boot_id": "d63b...", "created_unix": 1.7e9,
      "limits": [{"domain": "gpu:0", "source": "nvml", "uuid": "GPU-...", "library": "...",
                  "original_w": 300.0},
                 {"domain": "package:0", "source": "rapl", "path": ".../constraint_0_power_limit_uw",
                  "original_w": 125.0}]}
 
 GPUs are restored by UUID (another process may number them differently), RAPL zones by the
-absolute path of the file that was written.
+absolute path of the file that was written. ``host`` and ``boot_id`` (the kernel's boot id) say
+where and in which boot the originals were saved: a file written on another host (a state file
+in an NFS home) is not applied here, and one written before a reboot is stale (a reboot resets
+power limits).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Union
@@ -36,6 +40,7 @@ from ._limits import PowercapError, PowerLimit, limit_of, set_gpu_limit_by_uuid,
 STATE_ENV = "GREENML_POWERCAP_STATE"
 _VERSION = 1
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_BOOT_ID = "/proc/sys/kernel/random/boot_id"
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -128,6 +133,14 @@ def _restore_entries(entries: List[Dict[str, Any]], settings: Settings) -> tuple
     return done, failed
 
 
+def _boot_id() -> Optional[str]:
+    """The kernel's boot id (changes at every boot); None where it cannot be read."""
+    try:
+        return Path(_BOOT_ID).read_text().strip() or None
+    except OSError:
+        return None
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -142,11 +155,14 @@ def restore_from_state(
     path: Optional[PathLike] = None, *, force: bool = False, settings: Optional[Settings] = None
 ) -> List[Dict[str, Any]]:
     """Restores every limit saved in the state file (after a crash or a kill), then removes the
-    file. Returns the entries restored (empty when there was no file).
+    file. Returns the entries restored (empty when there was no file, or when it was stale).
 
-    Refuses while the process that wrote it is still running on this host (it restores them
-    itself when it ends), unless ``force``. When some limit cannot be restored, the file keeps
-    those entries and PowercapError says which and why.
+    Unless ``force``, refuses (PowercapError, the file kept) when another host wrote it (its
+    limits are that host's: restore them there) or while the process that wrote it is still
+    running (it restores them itself when it ends). A file written on this host before its last
+    reboot is stale: the reboot reset the limits, so nothing is written, the file is removed
+    and a RuntimeWarning says so. When some limit cannot be restored, the file keeps those
+    entries and PowercapError says which and why.
     """
     path = Path(path) if path is not None else default_state_path()
     settings = settings or settings_from_env()
@@ -155,8 +171,28 @@ def restore_from_state(
     except FileNotFoundError:
         return []
     pid = int(state.get("pid", 0))
-    same_host = state.get("host") == socket.gethostname()
-    if not force and same_host and pid > 0 and pid != os.getpid() and _alive(pid):
+    host, here = state.get("host"), socket.gethostname()
+    if not force and host is not None and host != here:
+        raise PowercapError(
+            f"{path} was written on host {host} (process {pid}), not on this host ({here}): its "
+            f"limits are {host}'s; run `greenml powercap restore --state {path}` on {host}, or "
+            "add --force to write them here"
+        )
+    boot, now = state.get("boot_id"), _boot_id()
+    if not force and boot and now and boot != now:
+        # The process that wrote it belongs to an earlier boot (its pid may have been reused),
+        # and the reboot reset the power limits: writing the old originals would only undo
+        # whatever was set since.
+        path.unlink(missing_ok=True)
+        warnings.warn(
+            f"{path} was written before this host's last reboot (by process {pid}); a reboot "
+            "resets power limits, so nothing was restored; the stale file was removed (use "
+            "--force to write its limits anyway)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return []
+    if not force and pid > 0 and pid != os.getpid() and _alive(pid):
         raise PowercapError(
             f"process {pid}, which changed these limits, is still running: it restores them "
             "when it ends (also on SIGINT/SIGTERM); use --force to restore them now"
@@ -197,7 +233,6 @@ class LimitGuard:
         self._entries: List[Dict[str, Any]] = []
         self._state: Optional[Dict[str, Any]] = None
         self._pid = os.getpid()
-        self._prev: Dict[int, Any] = {}
         self._lock = threading.RLock()
         self._closed = False
         self._atexit = False
@@ -223,27 +258,48 @@ class LimitGuard:
 
     def set(self, domain: str, watts: float) -> PowerLimit:
         """Sets ``domain``'s limit to ``watts`` (saving its original first). Raises
-        LimitOutOfRange, NoPrivilege or PowercapError, with nothing changed, when it cannot."""
-        with self._lock:
-            if self._closed:
-                raise PowercapError(
-                    "this power-limit guard has restored its limits and is closed; start a new one"
-                )
-            lim = limit_of(domain, self.settings)
-            lim.check(float(watts))
-            first = self.original_w(domain) is None
-            if first:
-                self._save(lim)  # before the change: a crash right after it can be undone
-            try:
-                if lim.source == "nvml":
-                    set_gpu_limit_by_uuid(self.settings, lim.uuid, float(watts))
-                else:
-                    set_rapl_limit(lim.path, float(watts))
-            except PowercapError:
-                if first:  # nothing changed: nothing to restore for it
-                    self._forget(domain)
-                raise
-            return lim
+        LimitOutOfRange, NoPrivilege or PowercapError, with nothing changed, when it cannot.
+
+        A SIGINT/SIGTERM that arrives while it runs (on the main thread) is handled when it
+        returns, as if it had arrived just after: the saved state and the limit written always
+        agree, and the handler restores them both."""
+        with _signals_deferred():
+            with self._lock:
+                return self._set(domain, float(watts))
+
+    def _set(self, domain: str, watts: float) -> PowerLimit:
+        if self._closed:
+            raise PowercapError(
+                "this power-limit guard has restored its limits and is closed; start a new one"
+            )
+        lim = limit_of(domain, self.settings)
+        lim.check(watts)
+        first = self.original_w(domain) is None
+        if first:
+            self._save(lim)  # before the change: a crash right after it can be undone
+        original = self.original_w(domain)
+        try:
+            self._write(lim, watts)
+        except PowercapError:
+            if first:  # nothing changed: nothing to restore for it
+                self._forget(domain)
+            raise
+        if self._closed:
+            # restore() ran during the write (called from a handler that is not greenml's):
+            # it could not undo a limit not yet written, so undo it here.
+            assert original is not None
+            self._write(lim, original)
+            raise PowercapError(
+                f"the guard was closed while {domain}'s limit was being set; its original "
+                f"{original:g} W was written back"
+            )
+        return lim
+
+    def _write(self, lim: PowerLimit, watts: float) -> None:
+        if lim.source == "nvml":
+            set_gpu_limit_by_uuid(self.settings, lim.uuid, watts)
+        else:
+            set_rapl_limit(lim.path, watts)
 
     def _forget(self, domain: str) -> None:
         self._entries = [e for e in self._entries if e["domain"] != domain]
@@ -276,6 +332,7 @@ class LimitGuard:
             "version": _VERSION,
             "pid": self._pid,
             "host": socket.gethostname(),
+            "boot_id": _boot_id(),
             "created_unix": time.time(),
             "limits": [],
         }
@@ -297,9 +354,17 @@ class LimitGuard:
     def _stale_message(self) -> str:
         try:
             old = read_state(self.state_path)
-            who = f"process {old.get('pid')} on {old.get('host')}"
+            host = old.get("host")
+            who = f"process {old.get('pid')} on {host}"
         except (PowercapError, FileNotFoundError):
-            who = "another run"
+            who, host = "another run", None
+        if host is not None and host != socket.gethostname():
+            return (
+                f"{self.state_path} holds original power limits saved by {who}, another host, "
+                f"and not restored yet; run `greenml powercap restore --state {self.state_path}` "
+                f"on {host}, or give this host its own state file ({STATE_ENV}); nothing was "
+                "changed"
+            )
         return (
             f"{self.state_path} holds original power limits saved by {who} and not restored yet "
             "(still running, or it crashed); run `greenml powercap restore` (add --state "
@@ -313,7 +378,7 @@ class LimitGuard:
         """Restores every changed limit and removes the state file. Raises PowercapError when
         some limit cannot be restored (the file then keeps it for ``greenml powercap
         restore``)."""
-        with self._lock:
+        with _signals_deferred(), self._lock:
             if os.getpid() != self._pid:
                 return  # a forked child: the limits are the parent's to restore
             self._closed = True
@@ -358,33 +423,124 @@ class LimitGuard:
     def _install(self) -> None:
         atexit.register(self._at_exit)
         self._atexit = True
-        if not self._install_handlers or threading.current_thread() is not threading.main_thread():
-            return
-        for sig in _SIGNALS:
-            self._prev[sig] = signal.getsignal(sig)
-            signal.signal(sig, self._on_signal)
+        if self._install_handlers:
+            _register(self)
 
     def _uninstall(self) -> None:
         if self._atexit:
             atexit.unregister(self._at_exit)
             self._atexit = False
-        if threading.current_thread() is not threading.main_thread():
-            return
-        for sig, prev in list(self._prev.items()):
-            if signal.getsignal(sig) == self._on_signal:
-                signal.signal(sig, prev if prev is not None else signal.SIG_DFL)
-        self._prev.clear()
+        _unregister(self)
 
     def _at_exit(self) -> None:
         self._restore_reporting("interpreter exit")
 
-    def _on_signal(self, signum: int, frame: Any) -> None:
-        prev = self._prev.get(signum)
-        if os.getpid() == self._pid:
-            self._restore_reporting(signal.Signals(signum).name)
+
+# -- signals ----------------------------------------------------------------------------------
+#
+# One handler per signal serves every open guard: installed (from the main thread) when the
+# first guard registers, it restores every open guard and then chains to the handler it
+# replaced; it is put back when the last guard closes, if it is still the one installed.
+# Guards may close in any order. A handler replaced by someone else stays valid (it keeps its
+# own previous handler to chain to), and a later guard installs a new one on top.
+
+_registry_lock = threading.RLock()
+_guards: List[LimitGuard] = []
+_handlers: Dict[int, Callable[[int, Any], None]] = {}
+#: Depth of LimitGuard.set() calls running on the main thread, and signals that arrived then.
+_deferring = 0
+_pending: List[tuple] = []
+
+
+def _register(guard: LimitGuard) -> None:
+    with _registry_lock:
+        if guard not in _guards:
+            _guards.append(guard)
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers can only be set from the main thread
+        for sig in _SIGNALS:
+            h = _handlers.get(sig)
+            if h is None or signal.getsignal(sig) is not h:
+                h = _make_handler(signal.getsignal(sig))
+                signal.signal(sig, h)
+                _handlers[sig] = h
+
+
+def _unregister(guard: LimitGuard) -> None:
+    with _registry_lock:
+        if guard in _guards:
+            _guards.remove(guard)
+        if _guards or threading.current_thread() is not threading.main_thread():
+            return  # off the main thread the handler stays: it chains, restoring nothing
+        for sig, h in list(_handlers.items()):
+            if signal.getsignal(sig) is h:
+                signal.signal(sig, _reinstallable(sig, h.previous))  # type: ignore[attr-defined]
+            del _handlers[sig]
+
+
+def _reinstallable(sig: int, prev: Any) -> Any:
+    """What to put back: the previous handler; where it was not set from Python (None),
+    Python's own default (KeyboardInterrupt for SIGINT)."""
+    if prev is None:
+        return signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL
+    return prev
+
+
+def _make_handler(prev: Any) -> Callable[[int, Any], None]:
+    def _greenml_powercap_handler(signum: int, frame: Any) -> None:
+        if _deferring:  # inside LimitGuard.set() on the main thread: handled when it returns
+            _pending.append((_greenml_powercap_handler, signum, frame))
+            return
+        with _registry_lock:
+            open_guards = [g for g in reversed(_guards) if g._pid == os.getpid()]
+        name = signal.Signals(signum).name
+        for g in open_guards:  # the newest first; a forked child restores none of its parent's
+            g._restore_reporting(name)
         # Then whatever would have happened without us.
         if callable(prev):
             prev(signum, frame)
+        elif prev is None and signum == signal.SIGINT:
+            signal.default_int_handler(signum, frame)
         elif prev != signal.SIG_IGN:
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
+
+    _greenml_powercap_handler.previous = prev  # type: ignore[attr-defined]
+    return _greenml_powercap_handler
+
+
+class _signals_deferred:
+    """On the main thread, holds greenml's SIGINT/SIGTERM handling while a limit is saved and
+    written (a handler would otherwise restore in the middle of it), then runs what arrived."""
+
+    def __enter__(self) -> None:
+        global _deferring
+        self._main = threading.current_thread() is threading.main_thread()
+        if self._main:
+            _deferring += 1
+
+    def __exit__(self, *exc: object) -> None:
+        global _deferring
+        if not self._main:
+            return
+        _deferring -= 1
+        if _deferring or not _pending:
+            return
+        arrived = list(_pending)
+        _pending.clear()
+        seen = set()
+        for handler, signum, frame in arrived:  # each signal once, as the kernel would
+            if (handler, signum) not in seen:
+                seen.add((handler, signum))
+                handler(signum, frame)
+
+
+def _after_fork_in_child() -> None:
+    global _registry_lock, _deferring
+    _registry_lock = threading.RLock()  # another thread may have held it at the fork
+    _deferring = 0
+    _pending.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
