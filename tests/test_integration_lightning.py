@@ -424,3 +424,21 @@ def test_given_tuner_options_without_privileges_when_fitting_then_warned_once_li
     assert t.global_step == 8 and cb.errors == [] and cb.result.energy_j > 0
     assert gpu.limit_w(0) == 300 and gpu.limit_history(0) == []  # nothing was ever set
     assert not (tmp_path / "powercap-state.json").exists()
+
+
+@short_windows
+def test_given_a_multi_rank_job_when_powercap_names_no_device_then_warned_and_nothing_set(
+    tmp_path, gpu_with_limits, monkeypatch
+):
+    # Every rank would otherwise tune gpu:0 at once, judged by energy the others' limits move.
+    gpu, rt = gpu_with_limits
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    cb = gl.GreenmlCallback(runtime=rt, powercap=dict(TUNER))
+    t = trainer(tmp_path, cb, max_epochs=1, limit_train_batches=8, limit_val_batches=0)
+
+    with pytest.warns(gl.IntegrationWarning, match="2 ranks needs the device named"):
+        t.fit(Tiny(), loader(32))
+
+    assert t.global_step == 8 and cb.errors == [] and cb.result.energy_j > 0
+    assert gpu.limit_history(0) == []

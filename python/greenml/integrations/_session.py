@@ -14,6 +14,7 @@ import warnings
 from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar
 
 import greenml
+from greenml import _distributed
 from greenml._errors import GreenmlError
 
 from ._metrics import SUMMARY, domain_metrics, fields, finite, metric_key, phase_prefix
@@ -254,6 +255,19 @@ class _Session:
             self.call("powercap.close", self.close_powercap)
 
             options = dict(self.tuner_options)
+            world = _distributed.identity().world_size
+            if world is not None and world > 1 and "device" not in options:
+                # Every rank would tune "gpu:0" at once, each judging by the energy its own meter
+                # sees (its host's other GPUs included, under the other ranks' changing limits).
+                self._powercap_off(
+                    pc.PowercapError(
+                        f"power capping in a job of {world} ranks needs the device named "
+                        "(powercap={'device': 'gpu:<i>'} on the ranks that should tune); better: "
+                        "tune on one GPU in a single-process run, then apply the limit it chose "
+                        "to the job's GPUs (nvidia-smi -pl)"
+                    )
+                )
+                return
             if "runtime" in self.meter_options:
                 options.setdefault("runtime", self.meter_options["runtime"])
             self.powercap = None
