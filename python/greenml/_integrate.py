@@ -462,26 +462,24 @@ class CounterCurve(_Curve):
         est = np.where(inside, est_in, est_out)
 
         # Lower bound: last knot surely before t, then the slope-limited later knots.
+        near = np.arange(1, _NEIGHBOURS + 1)
+        tc = t[:, None]
         j0 = np.searchsorted(hi, t, side="right") - 1  # >= 0: hi[0] = first sample <= t
-        lower = v[j0] - r
-        for d in range(1, _NEIGHBOURS + 1):
-            j = j0 + d
-            ok = j < n
-            jj = np.minimum(j, n - 1)
-            cand = v[jj] - r - p * (hi[jj] - t)
-            lower = np.where(ok, np.maximum(lower, cand), lower)
+        j = j0[:, None] + near
+        jj = np.minimum(j, n - 1)
+        cand = np.where(j < n, v[jj] - r - p * (hi[jj] - tc), -np.inf)
+        lower = np.maximum(v[j0] - r, cand.max(axis=1))
 
         # Upper bound: first knot surely after t, then the slope-limited earlier knots.
         j1 = np.searchsorted(lo, t, side="left")  # lo[j1] >= t
         upper = np.where(j1 < n, v[np.minimum(j1, n - 1)] + r, np.inf)
-        for d in range(1, _NEIGHBOURS + 1):
-            j = j1 - d
-            ok = j >= 0
-            jj = np.maximum(j, 0)
-            with np.errstate(invalid="ignore"):
-                grow = np.where(np.isfinite(lo[jj]), p * np.maximum(t - lo[jj], 0.0), np.inf)
-            cand = v[jj] + r + grow
-            upper = np.where(ok, np.minimum(upper, cand), upper)
+        j = j1[:, None] - near
+        jj = np.maximum(j, 0)
+        lo_j = lo[jj]
+        with np.errstate(invalid="ignore"):
+            grow = np.where(np.isfinite(lo_j), p * np.maximum(tc - lo_j, 0.0), np.inf)
+        cand = np.where(j >= 0, v[jj] + r + grow, np.inf)
+        upper = np.minimum(upper, cand.min(axis=1))
 
         consistent = lower <= upper
         est = np.where(consistent, np.clip(est, lower, upper), est)
@@ -494,8 +492,9 @@ class CounterCurve(_Curve):
         a_ns, b_ns = _check_windows(t0_ns, t1_ns)
         a, b = self._to_s(a_ns), self._to_s(b_ns)
         _check_start(a_ns, self._t_ref_ns)
-        est0, lo0, up0 = self._edges(a)
-        est1, lo1, up1 = self._edges(b)
+        n = a.size
+        est, lo, up = self._edges(np.concatenate((a, b)))  # both edges in one pass
+        est0, lo0, up0, est1, lo1, up1 = est[:n], lo[:n], up[:n], est[n:], lo[n:], up[n:]
         energy = est1 - est0
         low = lo1 - up0
         high = up1 - lo0
