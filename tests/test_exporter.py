@@ -357,6 +357,19 @@ def test_given_a_port_in_use_when_started_then_clear_error(powercap, runtimes, s
         exporter.start(port=ex.port, runtime=rt)
 
 
+@pytest.mark.parametrize("port", [-5, 99999, 1.5, "9464", True])
+def test_given_an_invalid_port_when_started_then_clear_error_and_nothing_served(port):
+    with pytest.raises(greenml.GreenmlError, match="0 to 65535"):
+        exporter.start(port=port)
+
+
+def test_given_an_invalid_port_on_the_command_line_then_exit_2_without_traceback():
+    proc = subprocess.run([sys.executable, "-m", "greenml", "export", "--port", "99999"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "0 to 65535" in proc.stderr
+
+
 def test_given_no_prometheus_client_when_started_then_error_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "prometheus_client", None)  # as if not installed
     with pytest.raises(greenml.GreenmlError, match=re.escape('pip install "greenml[prometheus]"')):

@@ -333,6 +333,10 @@ def start(
     ``greenml_power_watts`` is the mean power over the last ``power_window_s`` seconds (a
     little more: the history keeps a row about every second).
     """
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise GreenmlError(
+            f"port={port!r}: give a TCP port from 0 to 65535 (0 picks a free one), e.g. 9464"
+        )
     prom = _prometheus()
     collector = GreenmlCollector(runtime, power_window_s=power_window_s, functions=functions)
     if registry is None:
