@@ -273,6 +273,13 @@ def test_given_torchrun_job_with_log_then_records_carry_rank_and_host_and_one_jo
     assert len(jobs) == 1 and jobs[0]["rank"] == 0
     assert jobs[0]["energy_j"] == ranks[0]["job"]["energy_j"]
     assert {r["job_run_id"] for r in meters} == {jobs[0]["run_id"]}
+    # A report labels each rank's own rows, so they are not read as the job's.
+    from greenml._report import summary_rows
+
+    rows = summary_rows(recs)
+    assert sorted(r["name"] for r in rows if r["type"] == "meter") == [
+        f"job [rank {k} on node{k // 2}]" for k in range(4)]
+    assert [r["name"] for r in rows if r["type"] == "job"] == ["job"]
 
 
 def test_given_a_stopped_meter_when_combining_ranks_then_every_rank_gets_the_same_job_total(

@@ -60,12 +60,15 @@ def summary_rows(records: Iterable[Dict[str, Any]]) -> List[Dict[str, Any]]:
             continue
         steps = r.get("steps") or {}
         energy = _f(r.get("energy_j"))
+        name = r.get("name") if kind != "phase" else f"{r.get('meter') or ''}/{r.get('name')}"
+        if kind in ("meter", "phase") and r.get("rank") is not None:
+            # One rank's own measurement in a distributed job (its host counted by each rank
+            # on it): labelled, so it is not mistaken for the job's; the "job" row is the total.
+            name = f"{name} [rank {r.get('rank')} on {r.get('host')}]"
         rows.append(
             {
                 "type": kind,
-                "name": r.get("name")
-                if kind != "phase"
-                else f"{r.get('meter') or ''}/{r.get('name')}",
+                "name": name,
                 "count": r.get("count", 1),
                 "duration_s": _f(r.get("duration_s")),
                 "energy_j": energy,
