@@ -39,6 +39,17 @@ def test_given_unusable_host_id_when_reading_settings_then_error_names_variable(
         settings_from_env({"GREENML_HOST_ID": bad})
 
 
+@pytest.mark.parametrize("options", [
+    {"distributed": "yes"}, {"distributed": 1}, {"distributed": True, "gpus": "some"},
+    {"distributed": True, "distributed_timeout_s": 0},
+])
+def test_given_bad_distributed_options_when_making_a_meter_then_clear_error(options):
+    import greenml
+
+    with pytest.raises(GreenmlError, match="distributed|gpus"):
+        greenml.meter(**options)
+
+
 def test_given_local_rank_when_choosing_gpus_then_only_that_gpu_unless_all():
     gpus = ["gpu:0", "gpu:1", "gpu:2"]
     assert _distributed.local_gpus(gpus, "local", {"LOCAL_RANK": "1"}) == ["gpu:1"]

@@ -136,6 +136,11 @@ class Meter:
         distributed_timeout_s: float = _distributed.DEFAULT_TIMEOUT_S,
     ) -> None:
         self.name = name
+        if not isinstance(distributed, bool):
+            raise GreenmlError(
+                f"distributed={distributed!r}: give True (combine every rank of a "
+                "torch.distributed job into one total) or False"
+            )
         if gpus not in _distributed.GPU_CHOICES:
             raise GreenmlError(f"gpus={gpus!r}: use 'local' (the GPU this rank uses) or 'all'")
         if not (distributed_timeout_s > 0):
