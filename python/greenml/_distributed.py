@@ -145,12 +145,16 @@ def identity(env: Optional[Mapping[str, str]] = None) -> Identity:
     return Identity(base.host, base.host_name, rank, world, _int_env(env, "LOCAL_RANK"))
 
 
+def check_gpus(gpus: str) -> None:
+    if gpus not in GPU_CHOICES:
+        raise GreenmlError(f"gpus={gpus!r}: use 'local' (the GPU this rank uses) or 'all'")
+
+
 def local_gpus(
     gpu_domains: Sequence[str], gpus: str = "local", env: Optional[Mapping[str, str]] = None
 ) -> List[str]:
     """The GPU domains this rank reports (see the module's docstring)."""
-    if gpus not in GPU_CHOICES:
-        raise GreenmlError(f"gpus={gpus!r}: use 'local' (the GPU this rank uses) or 'all'")
+    check_gpus(gpus)
     if gpus == "all" or len(gpu_domains) <= 1:
         return list(gpu_domains)
     env = os.environ if env is None else env

@@ -141,8 +141,7 @@ class Meter:
                 f"distributed={distributed!r}: give True (combine every rank of a "
                 "torch.distributed job into one total) or False"
             )
-        if gpus not in _distributed.GPU_CHOICES:
-            raise GreenmlError(f"gpus={gpus!r}: use 'local' (the GPU this rank uses) or 'all'")
+        _distributed.check_gpus(gpus)
         if not (distributed_timeout_s > 0):
             raise GreenmlError(
                 f"distributed_timeout_s={distributed_timeout_s!r}: give the seconds a rank may "
