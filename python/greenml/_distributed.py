@@ -247,8 +247,8 @@ class JobWindow:
 
 def combine(ranks: Sequence[Dict[str, Any]], window: Optional[str] = None) -> Optional[JobWindow]:
     """Combines what every rank reported (``ranks``: one dict per rank with ``rank``, ``host``,
-    ``host_name`` and a window payload under ``"meter"`` or, for ``window="phase:<name>"``,
-    under ``"phases"``). Pure: every rank gets the same answer from the same list. None when no
+    ``host_name`` and a window payload under ``"meter"``, and one per phase under
+    ``"phases"``; ``window``: None for the meter, else a phase name). Pure: every rank gets the same answer from the same list. None when no
     rank has that window."""
     entries = []
     for r in ranks:
@@ -260,7 +260,7 @@ def combine(ranks: Sequence[Dict[str, Any]], window: Optional[str] = None) -> Op
     entries.sort(key=lambda e: e[0])
     labels = host_labels(ranks)
     # Each piece of hardware is counted by the lowest rank with a known (finite) reading of it,
-    # else by the lowest rank that reported it.
+    # else by the lowest rank that reported it (kept as -1 - rank until a known one comes).
     owner: Dict[Tuple[str, str], int] = {}
     for rank, r, w in entries:
         for d, v in w["domains"].items():
