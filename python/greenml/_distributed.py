@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ._errors import ConfigError, GreenmlError
+from ._records import json_number
 
 ENV_HOST_ID = "GREENML_HOST_ID"
 #: Where the host identity comes from when GREENML_HOST_ID is unset, in order.
@@ -180,30 +181,26 @@ def window_payload(result: Any, uuids: Mapping[str, str], gpu_domains: Sequence[
     uncertainty, whether it counts in totals, is measured, and its GPU UUID (GPUs only); GPUs
     not in ``gpu_domains`` are left out."""
     domains = {}
+    in_total = result.in_total
     for d, e in result.by_domain.items():
         is_gpu = d.startswith("gpu:")
         if is_gpu and d not in gpu_domains:
             continue
         domains[d] = {
-            "energy_j": _finite(e),
-            "uncertainty_j": _finite(result.uncertainty_by_domain.get(d, 0.0)),
-            "in_total": bool(result.in_total.get(d, False)),
+            "energy_j": json_number(float(e)),
+            "uncertainty_j": json_number(float(result.uncertainty_by_domain.get(d, 0.0))),
+            "in_total": bool(in_total.get(d, False)),
             "measured": bool(result.measured.get(d, True)),
             "uuid": uuids.get(d, "") if is_gpu else "",
         }
     return {
         "t_start_unix": result.t_start_unix,
         "duration_s": result.duration_s,
-        "energy_j": _finite(result.energy_j),
+        "energy_j": json_number(float(result.energy_j)),
         "settled": bool(result.settled),
         "domains": domains,
         "partial": {d: ev for d, ev in result.partial_domains.items() if d in domains},
     }
-
-
-def _finite(x: Any) -> Optional[float]:
-    x = float(x)
-    return x if math.isfinite(x) else None
 
 
 def _key(host: str, domain: str, uuid: str) -> Tuple[str, str]:

@@ -25,7 +25,6 @@ import weakref
 from typing import Any, Dict, List, Optional
 
 from ._config import parse_log_fsync
-from ._distributed import identity
 from ._errors import LogError
 
 ENV_LOG_FSYNC = "GREENML_LOG_FSYNC"
@@ -48,6 +47,8 @@ def json_numbers(d: Dict[str, Any]) -> Dict[str, Any]:
 
 def _identity_fields() -> Dict[str, Any]:
     """Host, and rank and world size in a distributed job, for every record."""
+    from ._distributed import identity  # the records module is imported by it
+
     try:
         return identity().record_fields()
     except Exception:  # an invalid GREENML_HOST_ID is reported where settings are read
