@@ -36,9 +36,11 @@ from ._errors import ConfigError, GreenmlError
 from ._records import json_number
 
 ENV_HOST_ID = "GREENML_HOST_ID"
+#: The kernel's boot id: one per boot of one machine, shared by all its containers.
+BOOT_ID_FILE = "/proc/sys/kernel/random/boot_id"
 #: Where the host identity comes from when GREENML_HOST_ID is unset, in order.
 HOST_ID_FILES = (
-    "/proc/sys/kernel/random/boot_id",
+    BOOT_ID_FILE,
     "/etc/machine-id",
     "/var/lib/dbus/machine-id",
 )
@@ -86,14 +88,25 @@ def host_id(env: Optional[Mapping[str, str]] = None, files: Sequence[str] = HOST
     if env.get(ENV_HOST_ID) is not None:
         return parse_host_id(env[ENV_HOST_ID])
     for path in files:
-        try:
-            with open(path, encoding="ascii", errors="replace") as f:
-                text = f.read().strip()
-        except OSError:
-            continue
+        text = read_id(path)
         if text:
             return text
     return socket.gethostname()
+
+
+def read_id(path: str) -> Optional[str]:
+    """The identity a one-line file holds (boot id, machine id); None where unreadable or
+    empty."""
+    try:
+        with open(path, encoding="ascii", errors="replace") as f:
+            return f.read().strip() or None
+    except OSError:
+        return None
+
+
+def boot_id() -> Optional[str]:
+    """The kernel's boot id (changes at every boot); None where it cannot be read."""
+    return read_id(BOOT_ID_FILE)
 
 
 def _int_env(env: Mapping[str, str], name: str) -> Optional[int]:

@@ -34,13 +34,13 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Union
 
 from .._config import Settings, settings_from_env
+from .._distributed import boot_id as _boot_id
 from ._limits import PowercapError, PowerLimit, limit_of, set_gpu_limit_by_uuid, set_rapl_limit
 
 #: Where the state file lives (overrides the default below).
 STATE_ENV = "GREENML_POWERCAP_STATE"
 _VERSION = 1
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
-_BOOT_ID = "/proc/sys/kernel/random/boot_id"
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -131,14 +131,6 @@ def _restore_entries(entries: List[Dict[str, Any]], settings: Settings) -> tuple
         except PowercapError as exc:
             failed.append((entry, str(exc)))
     return done, failed
-
-
-def _boot_id() -> Optional[str]:
-    """The kernel's boot id (changes at every boot); None where it cannot be read."""
-    try:
-        return Path(_BOOT_ID).read_text().strip() or None
-    except OSError:
-        return None
 
 
 def _alive(pid: int) -> bool:
